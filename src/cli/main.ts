@@ -1,0 +1,161 @@
+/**
+ * `kiln serve` — start the server from a config file or a single GGUF;
+ * `kiln demo` — generate a random-weight model, serve it and show one chat completion.
+ */
+import { access } from 'node:fs/promises';
+import { basename } from 'node:path';
+import { parseArgs } from 'node:util';
+import { ConfigError, loadConfigFile, type FileConfig, type ModelConfig } from '../config/config.js';
+import { ensureTinyModel } from '../gguf/tiny-model.js';
+import { buildHttpServer } from '../http/server.js';
+import { assembleKiln } from '../service/assemble.js';
+
+const USAGE = `Usage:
+  kiln serve [--config kiln.yaml | --model file.gguf [--model-id id]] [options]
+  kiln demo  [--port 8000]        serve a generated random-weight model and show one completion
+
+Options:
+  --config <file>        YAML config (see examples/kiln.yaml)
+  --model <file.gguf>    quick mode: serve one GGUF file
+  --model-id <id>        id for --model (default: the file's name without .gguf)
+  --host <host>          default 127.0.0.1
+  --port <port>          default 8000
+  --api-key <key>        repeatable; also KILN_API_KEYS=key1,key2
+  --insecure-no-auth     allow a non-loopback host without API keys
+  --parallel <n>         concurrent sequences for --model (default 4)
+  --context-size <n>     tokens per sequence for --model
+  --threads <n>          CPU threads for --model (default: usable cores)
+  --log-level <level>    fatal, error, warn, info (default), debug
+`;
+
+const options = {
+  config: { type: 'string' },
+  model: { type: 'string' },
+  'model-id': { type: 'string' },
+  host: { type: 'string' },
+  port: { type: 'string' },
+  'api-key': { type: 'string', multiple: true },
+  'insecure-no-auth': { type: 'boolean' },
+  parallel: { type: 'string' },
+  'context-size': { type: 'string' },
+  threads: { type: 'string' },
+  'log-level': { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+type Flags = ReturnType<typeof parseArgs<{ options: typeof options; allowPositionals: true }>>['values'];
+
+export async function main(argv: string[]): Promise<void> {
+  let parsed;
+  try {
+    parsed = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
+  } catch (error) {
+    fail((error as Error).message);
+  }
+  const { values: flags, positionals } = parsed;
+  const command = positionals[0];
+  if (flags.help || command === undefined) {
+    process.stdout.write(USAGE);
+    return;
+  }
+  try {
+    if (command === 'serve') await serve(flags);
+    else if (command === 'demo') await demo(flags);
+    else fail(`unknown command '${command}'`);
+  } catch (error) {
+    if (error instanceof ConfigError) fail(error.message);
+    throw error;
+  }
+}
+
+function fail(message: string): never {
+  process.stderr.write(`kiln: ${message}\n\n${USAGE}`);
+  process.exit(2);
+}
+
+function integerFlag(flags: Flags, name: 'port' | 'parallel' | 'context-size' | 'threads'): number | undefined {
+  const raw = flags[name];
+  if (raw === undefined) return undefined;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < 0) throw new ConfigError(`--${name} must be a non-negative integer, got '${raw}'`);
+  return value;
+}
+
+async function resolveConfig(flags: Flags): Promise<FileConfig> {
+  if (flags.config !== undefined && flags.model !== undefined) throw new ConfigError('give either --config or --model, not both');
+  if (flags.config !== undefined) return loadConfigFile(flags.config);
+  if (flags.model === undefined) throw new ConfigError('nothing to serve: give --config <file.yaml> or --model <file.gguf> (or try `kiln demo`)');
+  const model: ModelConfig = { id: flags['model-id'] ?? basename(flags.model).replace(/\.gguf$/i, ''), file: flags.model };
+  const parallel = integerFlag(flags, 'parallel');
+  const contextSize = integerFlag(flags, 'context-size');
+  const threads = integerFlag(flags, 'threads');
+  if (parallel !== undefined) model.parallel = parallel;
+  if (contextSize !== undefined) model.context_size = contextSize;
+  if (threads !== undefined) model.threads = threads;
+  return { models: [model] };
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+async function serve(flags: Flags, configOverride?: FileConfig): Promise<{ url: string; apiKeys: string[] }> {
+  const config = configOverride ?? (await resolveConfig(flags));
+  const host = flags.host ?? config.server?.host ?? '127.0.0.1';
+  const port = integerFlag(flags, 'port') ?? config.server?.port ?? 8000;
+  const envKeys = (process.env.KILN_API_KEYS ?? '').split(',').map((key) => key.trim()).filter((key) => key !== '');
+  const apiKeys = [...(config.server?.api_keys ?? []), ...envKeys, ...(flags['api-key'] ?? [])];
+  if (!isLoopback(host) && apiKeys.length === 0 && !flags['insecure-no-auth']) {
+    throw new ConfigError(`refusing to listen on ${host} without an API key: give --api-key (or KILN_API_KEYS), or --insecure-no-auth`);
+  }
+  for (const model of config.models) {
+    await access(model.file).catch(() => {
+      throw new ConfigError(`model '${model.id}': file not found: ${model.file}`);
+    });
+  }
+
+  const startedAt = performance.now();
+  const kiln = await assembleKiln(config.models, config.server?.max_choices !== undefined ? { maxChoices: config.server.max_choices } : {});
+  const app = buildHttpServer({
+    service: kiln.service,
+    apiKeys,
+    ...(config.server?.body_limit_bytes !== undefined ? { bodyLimitBytes: config.server.body_limit_bytes } : {}),
+    ...(flags['log-level'] !== undefined ? { logLevel: flags['log-level'] } : {}),
+  });
+  const url = await app.listen({ host, port });
+  app.log.info(
+    { models: config.models.map((model) => model.id), auth: apiKeys.length > 0, startupMs: Math.round(performance.now() - startedAt) },
+    `Kiln listening on ${url}`,
+  );
+
+  let closing = false;
+  const shutdown = async (signal: string) => {
+    if (closing) return;
+    closing = true;
+    app.log.info(`${signal}: shutting down`);
+    await app.close();
+    await kiln.close();
+    process.exit(0);
+  };
+  process.on('SIGINT', () => void shutdown('SIGINT'));
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  return { url, apiKeys };
+}
+
+async function demo(flags: Flags): Promise<void> {
+  process.stdout.write('Generating a tiny RANDOM-WEIGHT model (it answers gibberish; it proves the pipeline, not the model)...\n');
+  const file = await ensureTinyModel();
+  const id = 'kiln-demo-random';
+  const { url, apiKeys } = await serve({ ...flags, 'log-level': flags['log-level'] ?? 'warn' }, { models: [{ id, file }] });
+  const body = { model: id, messages: [{ role: 'user', content: 'Hello, Kiln!' }], max_tokens: 32 };
+  const headers: Record<string, string> = { 'content-type': 'application/json' };
+  if (apiKeys[0] !== undefined) headers.authorization = `Bearer ${apiKeys[0]}`;
+  const response = await fetch(`${url}/v1/chat/completions`, { method: 'POST', headers, body: JSON.stringify(body) });
+  process.stdout.write(`\nPOST ${url}/v1/chat/completions ${JSON.stringify(body)}\n→ HTTP ${response.status}\n`);
+  process.stdout.write(`${JSON.stringify(await response.json(), null, 2)}\n`);
+  process.stdout.write(
+    `\nKiln is serving '${id}' at ${url} (Ctrl-C to stop). Try:\n` +
+      `  curl ${url}/v1/chat/completions -H 'content-type: application/json' -d '{"model":"${id}","messages":[{"role":"user","content":"Hi"}],"stream":true}'\n` +
+      `To serve a real model instead: npx kiln serve --model /path/to/model.gguf\n`,
+  );
+}

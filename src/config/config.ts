@@ -1,0 +1,76 @@
+/**
+ * Kiln's configuration: a YAML file validated at start (errors name the bad field), overridden by CLI flags.
+ */
+import { readFile } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { formatPath } from '../core/normalize-request.js';
+
+const modelSchema = z.strictObject({
+  id: z.string().min(1),
+  file: z.string().min(1),
+  /** Concurrent sequences for this model's file. */
+  parallel: z.int().min(1).max(256).optional(),
+  /** Tokens per sequence. */
+  context_size: z.int().min(64).optional(),
+  threads: z.int().min(1).optional(),
+  batch_size: z.int().min(1).optional(),
+  queue_depth: z.int().min(0).optional(),
+  queue_wait_ms: z.int().min(1).optional(),
+  owned_by: z.string().optional(),
+});
+
+const configSchema = z.strictObject({
+  server: z
+    .strictObject({
+      host: z.string().min(1).optional(),
+      port: z.int().min(0).max(65535).optional(),
+      api_keys: z.array(z.string().min(1)).optional(),
+      max_choices: z.int().min(1).max(64).optional(),
+      body_limit_bytes: z.int().min(1024).optional(),
+    })
+    .optional(),
+  models: z.array(modelSchema).min(1, 'at least one model is required'),
+});
+
+export type ModelConfig = z.infer<typeof modelSchema>;
+export type FileConfig = z.infer<typeof configSchema>;
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+/** Parses and validates a config document; relative model paths resolve against `baseDir`. */
+export function parseConfig(text: string, baseDir: string, source = 'config'): FileConfig {
+  let document: unknown;
+  try {
+    document = parseYaml(text);
+  } catch (error) {
+    throw new ConfigError(`${source}: not valid YAML: ${(error as Error).message}`);
+  }
+  const parsed = configSchema.safeParse(document ?? {});
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const field = formatPath(issue.path) || '(root)';
+    throw new ConfigError(`${source}: invalid field '${field}': ${issue.message}`);
+  }
+  const config = parsed.data;
+  const ids = new Set<string>();
+  config.models.forEach((model, index) => {
+    if (ids.has(model.id)) throw new ConfigError(`${source}: invalid field 'models[${index}].id': '${model.id}' is listed twice`);
+    ids.add(model.id);
+    model.file = resolve(baseDir, model.file);
+  });
+  return config;
+}
+
+export async function loadConfigFile(path: string): Promise<FileConfig> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (error) {
+    throw new ConfigError(`cannot read config file '${path}': ${(error as Error).message}`);
+  }
+  return parseConfig(text, dirname(resolve(path)), path);
+}

@@ -1,0 +1,24 @@
+/**
+ * Interleaves async iterators, yielding each value as soon as it is ready, tagged with its source's index.
+ * Ending early (break/throw) returns every source, so their generators run their cleanup.
+ */
+export async function* mergeIterators<T>(sources: AsyncIterator<T>[]): AsyncGenerator<{ index: number; value: T }> {
+  const pending = new Map<number, Promise<{ index: number; result: IteratorResult<T> }>>();
+  const pull = (index: number) => {
+    pending.set(index, sources[index]!.next().then((result) => ({ index, result })));
+  };
+  sources.forEach((_, index) => pull(index));
+  try {
+    while (pending.size > 0) {
+      const { index, result } = await Promise.race(pending.values());
+      if (result.done) {
+        pending.delete(index);
+        continue;
+      }
+      pull(index);
+      yield { index, value: result.value };
+    }
+  } finally {
+    await Promise.allSettled(sources.map((source) => source.return?.()));
+  }
+}

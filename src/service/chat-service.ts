@@ -1,0 +1,149 @@
+/**
+ * Chat completions, independent of HTTP: validates the request, picks the engine, and turns the post-processed
+ * engine output into a whole response or a stream of chunks. Everything that can fail with a status code fails
+ * before `create` returns; a stream can then only fail mid-way (the transport reports that in-band).
+ */
+import { randomBytes } from 'node:crypto';
+import type { ChatRequest } from '../core/chat-request.js';
+import type { EngineRun } from '../core/engine.js';
+import { mergeIterators } from '../core/merge-iterators.js';
+import { normalizeChatRequest } from '../core/normalize-request.js';
+import { ChoicePostProcessor, type ChoiceUpdate } from '../core/postprocess/choice-processor.js';
+import { KilnError } from '../errors/catalog.js';
+import type { ChatCompletionChunkWire, ChatCompletionWire, FinishReason, ModelListWire, UsageWire } from '../protocol/response.js';
+import type { ModelRegistry } from './model-registry.js';
+
+export interface ChatServiceOptions {
+  maxChoices: number;
+  systemFingerprint: string;
+}
+
+export type ChatResult =
+  | { kind: 'json'; body: ChatCompletionWire }
+  | { kind: 'stream'; chunks: AsyncGenerator<ChatCompletionChunkWire, void, undefined> };
+
+export class ChatService {
+  constructor(
+    private readonly registry: ModelRegistry,
+    private readonly options: ChatServiceOptions,
+  ) {}
+
+  listModels(): ModelListWire {
+    return this.registry.list();
+  }
+
+  async create(body: unknown, signal: AbortSignal): Promise<ChatResult> {
+    const request = normalizeChatRequest(body, { maxChoices: this.options.maxChoices });
+    const { engine } = this.registry.resolve(request.model);
+    this.checkCapabilities(request, engine.description.supportsImages);
+    const run = await engine.start(request, signal);
+    const meta = { id: randomBytes(16).toString('hex'), created: Math.floor(Date.now() / 1000), model: request.model };
+    if (request.stream) return { kind: 'stream', chunks: this.streamChunks(request, run, meta) };
+    try {
+      return { kind: 'json', body: await this.complete(request, run, meta, signal) };
+    } finally {
+      run.dispose();
+    }
+  }
+
+  private checkCapabilities(request: ChatRequest, supportsImages: boolean): void {
+    request.messages.forEach((message, index) => {
+      if (message.hasImage && !supportsImages) {
+        throw new KilnError('invalidParameter', {
+          param: `messages[${index}].content`,
+          message: `Invalid 'messages[${index}].content': model '${request.model}' does not accept images.`,
+        });
+      }
+    });
+    if (request.responseFormat.type !== 'text') {
+      throw new KilnError('notSupported', { param: 'response_format', message: `'response_format' of type '${request.responseFormat.type}' is not supported yet.` });
+    }
+    if (request.tools.length > 0 && request.toolChoice.type !== 'none') {
+      throw new KilnError('notSupported', { param: 'tools', message: "'tools' are not supported yet; send tool_choice \"none\" or no tools." });
+    }
+  }
+
+  private async complete(request: ChatRequest, run: EngineRun, meta: ChunkMeta, signal: AbortSignal): Promise<ChatCompletionWire> {
+    const choices = await Promise.all(
+      Array.from({ length: request.n }, async (_, index) => {
+        let content = '';
+        let finish: { finishReason: FinishReason; completionTokens: number } | undefined;
+        for await (const update of choiceUpdates(request, run, index)) {
+          if (update.type === 'delta') content += update.delta.content ?? '';
+          else finish = update;
+        }
+        signal.throwIfAborted();
+        if (finish === undefined) throw new KilnError('internal', { message: 'Generation ended unexpectedly.' });
+        return { index, content, ...finish };
+      }),
+    );
+    const completionTokens = choices.reduce((sum, choice) => sum + choice.completionTokens, 0);
+    return {
+      id: meta.id,
+      object: 'chat.completion',
+      created: meta.created,
+      model: meta.model,
+      choices: choices.map((choice) => ({
+        index: choice.index,
+        message: { role: 'assistant', content: choice.content },
+        finish_reason: choice.finishReason,
+      })),
+      usage: usage(run, completionTokens),
+      system_fingerprint: this.options.systemFingerprint,
+    };
+  }
+
+  private async *streamChunks(request: ChatRequest, run: EngineRun, meta: ChunkMeta): AsyncGenerator<ChatCompletionChunkWire, void, undefined> {
+    const base = { id: meta.id, object: 'chat.completion.chunk' as const, created: meta.created, model: meta.model, system_fingerprint: this.options.systemFingerprint };
+    try {
+      for (let index = 0; index < request.n; index++) {
+        yield { ...base, choices: [{ index, delta: { role: 'assistant', content: '' }, finish_reason: null }] };
+      }
+      let completionTokens = 0;
+      let unfinished = request.n;
+      const sources = Array.from({ length: request.n }, (_, index) => choiceUpdates(request, run, index));
+      for await (const { index, value: update } of mergeIterators(sources)) {
+        if (update.type === 'delta') {
+          yield { ...base, choices: [{ index, delta: update.delta, finish_reason: null }] };
+          continue;
+        }
+        completionTokens += update.completionTokens;
+        unfinished--;
+        // SiliconFlow sends usage on the final chunk; OpenAI clients ask for a separate one (below).
+        const finalUsage = unfinished === 0 ? { usage: usage(run, completionTokens) } : {};
+        yield { ...base, choices: [{ index, delta: {}, finish_reason: update.finishReason }], ...finalUsage };
+      }
+      if (unfinished > 0) return; // aborted: nobody is listening
+      if (request.includeUsage) yield { ...base, choices: [], usage: usage(run, completionTokens) };
+    } finally {
+      run.dispose();
+    }
+  }
+}
+
+interface ChunkMeta {
+  id: string;
+  created: number;
+  model: string;
+}
+
+/** One choice's engine output through the post-processor, ending at its finish update. */
+async function* choiceUpdates(request: ChatRequest, run: EngineRun, index: number): AsyncGenerator<ChoiceUpdate, void, undefined> {
+  const processor = new ChoicePostProcessor(request);
+  for await (const event of run.choice(index)) {
+    for (const update of processor.accept(event)) {
+      yield update;
+      if (update.type === 'finish') return;
+    }
+  }
+}
+
+function usage(run: EngineRun, completionTokens: number): UsageWire {
+  return {
+    prompt_tokens: run.promptTokens,
+    completion_tokens: completionTokens,
+    total_tokens: run.promptTokens + completionTokens,
+    prompt_tokens_details: { cached_tokens: run.cachedTokens },
+    completion_tokens_details: { reasoning_tokens: 0 },
+  };
+}
