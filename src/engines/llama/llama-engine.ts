@@ -21,6 +21,7 @@ import { toChatHistory } from './chat-history.js';
 import { IncrementalDetokenizer } from './detokenizer.js';
 import { getRuntime, usableCores } from './runtime.js';
 import { SequencePool, type Lease, type QueueSettings } from './sequence-pool.js';
+import { StepBarrier } from './step-barrier.js';
 
 export interface LlamaEngineSettings {
   file: string;
@@ -45,6 +46,7 @@ export class LlamaEngine implements ChatEngine {
     private readonly context: LlamaContext,
     private readonly chatWrapper: ChatWrapper,
     private readonly pool: SequencePool,
+    private readonly barrier: StepBarrier,
   ) {}
 
   static async load(settings: LlamaEngineSettings): Promise<LlamaEngine> {
@@ -66,7 +68,7 @@ export class LlamaEngine implements ChatEngine {
         contextSize: context.contextSize,
         supportsImages: false,
       };
-      return new LlamaEngine(description, model, context, chatWrapper, new SequencePool(sequences, settings.queue));
+      return new LlamaEngine(description, model, context, chatWrapper, new SequencePool(sequences, settings.queue), new StepBarrier());
     } catch (error) {
       await model.dispose();
       throw error;
@@ -78,7 +80,7 @@ export class LlamaEngine implements ChatEngine {
     const prompt = this.renderPrompt(request);
     const maxTokens = this.grantTokens(request, prompt.length);
     const lease = await this.pool.acquire(prompt, signal, request.model.startsWith('Pro/') ? 1 : 0);
-    return new LlamaRun(this.model, this.pool, lease, prompt, maxTokens, request, signal);
+    return new LlamaRun(this.model, this.pool, this.barrier, lease, prompt, maxTokens, request, signal);
   }
 
   async close(): Promise<void> {
@@ -119,6 +121,7 @@ class LlamaRun implements EngineRun {
   constructor(
     private readonly model: LlamaModel,
     private readonly pool: SequencePool,
+    private readonly barrier: StepBarrier,
     private readonly lease: Lease,
     private readonly prompt: Token[],
     readonly maxTokens: number,
@@ -139,15 +142,25 @@ class LlamaRun implements EngineRun {
       await sequence.eraseContextTokenRanges([{ start: this.cachedTokens, end: sequence.nextTokenIndex }]);
       const detokenizer = new IncrementalDetokenizer(this.model);
       const generated: Token[] = [];
-      for await (const token of sequence.evaluate(this.prompt.slice(this.cachedTokens), this.evaluateOptions(generated))) {
-        generated.push(token);
-        yield { type: 'text', text: detokenizer.push(token), tokens: 1 };
-        if (generated.length >= this.maxTokens) {
-          yield { type: 'text', text: detokenizer.flush(), tokens: 0 };
-          yield { type: 'end', reason: 'length' };
-          return;
+      const tokens = sequence.evaluate(this.prompt.slice(this.cachedTokens), this.evaluateOptions(generated));
+      this.barrier.join();
+      try {
+        for (;;) {
+          await this.barrier.arrive();
+          const step = await tokens.next();
+          if (step.done === true) break;
+          generated.push(step.value);
+          yield { type: 'text', text: detokenizer.push(step.value), tokens: 1 };
+          if (generated.length >= this.maxTokens) {
+            yield { type: 'text', text: detokenizer.flush(), tokens: 0 };
+            yield { type: 'end', reason: 'length' };
+            return;
+          }
+          if (this.signal.aborted) return;
         }
-        if (this.signal.aborted) return;
+      } finally {
+        this.barrier.leave();
+        await tokens.return();
       }
       yield { type: 'text', text: detokenizer.flush(), tokens: 0 };
       yield { type: 'end', reason: 'eog' };
