@@ -22,7 +22,8 @@ export function normalizeChatRequest(body: unknown, options: NormalizeOptions): 
   if (typeof body !== 'object' || body === null || Array.isArray(body)) {
     throw new KilnError('invalidParameter', { message: 'The request body must be a JSON object.' });
   }
-  const parsed = chatCompletionRequestSchema.safeParse(body);
+  // reportInput: the offending value is needed to say what was wrong with it.
+  const parsed = chatCompletionRequestSchema.safeParse(body, { reportInput: true });
   if (!parsed.success) throw issueToError(parsed.error.issues[0]!);
   const wire = parsed.data;
 
@@ -92,8 +93,8 @@ export function formatPath(path: ReadonlyArray<PropertyKey>): string {
 
 function issueToError(issue: z.core.$ZodIssue): KilnError {
   const param = formatPath(issue.path);
-  const where = param === '' ? 'request body' : `'${param}'`;
-  return invalid(param || 'body', `Invalid ${where}: ${describeIssue(issue)}.`);
+  if (param === '') return new KilnError('invalidParameter', { message: `Invalid request body: ${describeIssue(issue)}.` });
+  return invalid(param, `Invalid '${param}': ${describeIssue(issue)}.`);
 }
 
 function describeIssue(issue: z.core.$ZodIssue): string {

@@ -20,10 +20,17 @@ export class StopMatcher {
     if (this.stopped) return '';
     if (this.stops.length === 0) return text;
     const pending = this.held + text;
+    // The match that completes first wins: that is where streaming generation would have stopped.
     let matchAt = -1;
+    let matchEnd = Infinity;
     for (const stop of this.stops) {
       const at = pending.indexOf(stop);
-      if (at !== -1 && (matchAt === -1 || at < matchAt)) matchAt = at;
+      if (at === -1) continue;
+      const end = at + stop.length;
+      if (end < matchEnd || (end === matchEnd && at < matchAt)) {
+        matchAt = at;
+        matchEnd = end;
+      }
     }
     if (matchAt !== -1) {
       this.stopped = true;
