@@ -28,7 +28,6 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
       const given = request.headers[REQUEST_ID_HEADER];
       return typeof given === 'string' && REQUEST_ID_PATTERN.test(given) ? given : randomUUID().replaceAll('-', '');
     },
-    disableRequestLogging: true,
   });
 
   // Any content type is read as JSON: clients that forget the header still get a precise error or an answer.

@@ -1,0 +1,54 @@
+/** Admission control: requests beyond the model's sequences wait in a bounded queue and are turned away at once. */
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { ensureTinyModel } from '../../src/gguf/tiny-model.js';
+import { startKiln, writeConfig, type KilnProcess } from '../helpers/kiln-process.js';
+
+let kiln: KilnProcess;
+const MODEL = 'tiny';
+
+before(async () => {
+  const file = await ensureTinyModel();
+  const config = await writeConfig({ models: [{ id: MODEL, file, parallel: 1, queue_depth: 1, queue_wait_ms: 300, context_size: 4096 }] });
+  kiln = await startKiln(['--config', config]);
+});
+
+after(async () => kiln?.stop());
+
+const body = (maxTokens: number) => JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'hi' }], max_tokens: maxTokens, stream: true });
+const post = (maxTokens: number, signal?: AbortSignal) =>
+  fetch(`${kiln.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: body(maxTokens), ...(signal ? { signal } : {}) });
+
+test('a full queue answers 429 with Retry-After at once, a wait past the deadline 503, while the running request finishes', async () => {
+  // Holds the only sequence: its body is not read until the end, so back-pressure keeps it generating slowly.
+  const running = await post(4000);
+  assert.equal(running.status, 200);
+  const queued = post(1); // waits in the queue (depth 1)
+  await new Promise((resolve) => setTimeout(resolve, 100));
+
+  const started = Date.now();
+  const refused = await post(1);
+  assert.equal(refused.status, 429);
+  assert.ok(Date.now() - started < 1000, 'the refusal must be immediate');
+  assert.ok(Number(refused.headers.get('retry-after')) >= 1);
+  const refusal = await refused.json();
+  assert.equal(refusal.error.type, 'rate_limit_error');
+
+  const timedOut = await queued;
+  assert.equal(timedOut.status, 503);
+  assert.ok(Number(timedOut.headers.get('retry-after')) >= 1);
+  assert.equal((await timedOut.json()).error.type, 'service_unavailable');
+
+  const text = await running.text();
+  assert.ok(text.trimEnd().endsWith('data: [DONE]'), 'the running request completes');
+});
+
+test('a request waiting in the queue is served when the sequence frees up', async () => {
+  const first = post(20);
+  const second = post(20);
+  const [a, b] = await Promise.all([first, second]);
+  assert.equal(a.status, 200);
+  assert.equal(b.status, 200);
+  assert.match(await a.text(), /\[DONE\]/);
+  assert.match(await b.text(), /\[DONE\]/);
+});
