@@ -51,7 +51,13 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
   );
 
   app.get('/health', async () => ({ status: 'ok' }));
-  app.get('/v1/models', async () => options.service.listModels());
+  // SiliconFlow's filters: every model Kiln serves is a text chat model.
+  app.get<{ Querystring: { type?: string; sub_type?: string } }>('/v1/models', async (request) => {
+    const list = options.service.listModels();
+    const { type, sub_type: subType } = request.query;
+    const matches = (type === undefined || type === 'text') && (subType === undefined || subType === 'chat');
+    return matches ? list : { ...list, data: [] };
+  });
 
   app.post('/v1/chat/completions', async (request, reply) => {
     const abort = new AbortController();

@@ -51,6 +51,13 @@ describe('models', () => {
     assert.deepEqual(ids, [PRO_MODEL, MODEL, 'Vendor-A/Qwen/Qwen2.5-72B-Instruct'].sort());
     for (const model of models.data) assert.equal(model.object, 'model');
   });
+
+  test("SiliconFlow's type/sub_type filters", async () => {
+    const get = async (query: string) =>
+      (await (await fetch(`${kiln.url}/v1/models?${query}`, { headers: { authorization: `Bearer ${KEY}` } })).json()).data.length;
+    assert.equal(await get('type=text&sub_type=chat'), 3);
+    assert.equal(await get('type=image'), 0);
+  });
 });
 
 describe('non-streaming', () => {
