@@ -90,6 +90,7 @@ function encodeRow(values: Float32Array, type: TensorType, out: Buffer, at: numb
     return;
   }
   // Q8_0: per block of 32, a half scale d = max|x| / 127 and 32 int8 values x / d.
+  const quants = new Int8Array(out.buffer, out.byteOffset, out.length);
   for (let block = 0; block < values.length / 32; block++) {
     let max = 0;
     for (let i = 0; i < 32; i++) max = Math.max(max, Math.abs(values[block * 32 + i]!));
@@ -97,6 +98,6 @@ function encodeRow(values: Float32Array, type: TensorType, out: Buffer, at: numb
     const inverse = scale === 0 ? 0 : 1 / scale;
     const base = at + block * 34;
     out.writeUInt16LE(toHalf(scale), base);
-    for (let i = 0; i < 32; i++) out.writeInt8(Math.round(values[block * 32 + i]! * inverse), base + 2 + i);
+    for (let i = 0; i < 32; i++) quants[base + 2 + i] = Math.round(values[block * 32 + i]! * inverse);
   }
 }
