@@ -22,6 +22,7 @@ import { IncrementalDetokenizer } from './detokenizer.js';
 import { getRuntime, usableCores } from './runtime.js';
 import { SequencePool, type Lease, type QueueSettings } from './sequence-pool.js';
 import { StepBarrier } from './step-barrier.js';
+import { sequenceOrderedStrategy } from './batch-order.js';
 
 export interface LlamaEngineSettings {
   file: string;
@@ -54,12 +55,15 @@ export class LlamaEngine implements ChatEngine {
     const model = await llama.loadModel({ modelPath: settings.file });
     try {
       const contextSize = settings.contextSize ?? Math.min(model.trainContextSize, DEFAULT_CONTEXT_CAP);
+      let created: LlamaContext | undefined;
       const context = await model.createContext({
         sequences: settings.parallel,
+        batching: { itemPrioritizationStrategy: sequenceOrderedStrategy(() => created) },
         contextSize,
         threads: settings.threads ?? usableCores(),
         ...(settings.batchSize !== undefined ? { batchSize: settings.batchSize } : {}),
       });
+      created = context;
       const sequences: LlamaContextSequence[] = [];
       for (let i = 0; i < settings.parallel; i++) sequences.push(context.getSequence());
       const chatWrapper = resolveChatWrapper(model) ?? new GeneralChatWrapper();

@@ -1,10 +1,14 @@
 /**
- * Owns a context's sequences. A request gets the idle sequence whose cached tokens share the longest prefix with its
- * prompt (ties: least recently used); when none is idle it waits in a bounded queue, and is turned away at once
- * (429) when the queue is full or with 503 when its wait exceeds the deadline — never left hanging.
+ * Owns a context's sequences. A request gets an idle sequence — the one whose cached tokens share the longest prefix
+ * with its prompt when that saves real work, else the lowest free slot; when none is idle it waits in a bounded
+ * queue, and is turned away at once (429) when the queue is full or with 503 when its wait exceeds the deadline —
+ * never left hanging.
  */
 import type { LlamaContextSequence, Token } from 'node-llama-cpp';
 import { KilnError } from '../../errors/catalog.js';
+
+/** Prompt tokens a cache hit must save to be worth taking a sequence out of the packed low slots. */
+const PREFIX_WORTH_MOVING = 128;
 
 export interface QueueSettings {
   /** Requests that may wait for a sequence; more are refused with 429. */
@@ -15,6 +19,8 @@ export interface QueueSettings {
 
 export interface Lease {
   sequence: LlamaContextSequence;
+  /** The sequence's id in its context (sequences are created in id order). */
+  slot: number;
   /** Prompt tokens already in this sequence's KV cache. */
   sharedPrefix: number;
 }
@@ -28,15 +34,15 @@ interface Waiter {
 
 export class SequencePool {
   private readonly idle: LlamaContextSequence[];
-  private readonly lastUsed = new Map<LlamaContextSequence, number>();
+  private readonly slots = new Map<LlamaContextSequence, number>();
   private readonly waiters: Waiter[] = [];
-  private useCounter = 0;
 
   constructor(
     sequences: LlamaContextSequence[],
     private readonly queue: QueueSettings,
   ) {
     this.idle = [...sequences];
+    sequences.forEach((sequence, slot) => this.slots.set(sequence, slot));
   }
 
   get waiting(): number {
@@ -86,7 +92,6 @@ export class SequencePool {
   }
 
   release(sequence: LlamaContextSequence): void {
-    this.lastUsed.set(sequence, ++this.useCounter);
     this.idle.push(sequence);
     const next = this.waiters.shift();
     if (next !== undefined) next.resolve(this.take(next.tokens));
@@ -97,20 +102,21 @@ export class SequencePool {
     if (at !== -1) this.waiters.splice(at, 1);
   }
 
+  /**
+   * Picks an idle sequence: the lowest slot, unless another one's cache saves at least PREFIX_WORTH_MOVING more
+   * prompt tokens. Keeping busy sequences packed at the low slots matters because llama.cpp decodes a step as one
+   * micro-batch only over consecutive sequence ids (see step-barrier.ts); a gap costs a forward pass per step.
+   */
   private take(tokens: readonly Token[]): Lease {
-    let bestIndex = 0;
-    let bestShared = -1;
-    let bestUse = Infinity;
+    let lowest = 0;
+    let best = 0;
+    const shared = this.idle.map((sequence) => sequence.compareContextTokens(tokens as Token[]).firstDifferentIndex);
     this.idle.forEach((sequence, index) => {
-      const shared = sequence.compareContextTokens(tokens as Token[]).firstDifferentIndex;
-      const use = this.lastUsed.get(sequence) ?? 0;
-      if (shared > bestShared || (shared === bestShared && use < bestUse)) {
-        bestIndex = index;
-        bestShared = shared;
-        bestUse = use;
-      }
+      if (this.slots.get(sequence)! < this.slots.get(this.idle[lowest]!)!) lowest = index;
+      if (shared[index]! > shared[best]!) best = index;
     });
-    const [sequence] = this.idle.splice(bestIndex, 1);
-    return { sequence: sequence!, sharedPrefix: Math.max(0, bestShared) };
+    const chosen = shared[best]! - shared[lowest]! >= PREFIX_WORTH_MOVING ? best : lowest;
+    const [sequence] = this.idle.splice(chosen, 1);
+    return { sequence: sequence!, slot: this.slots.get(sequence!)!, sharedPrefix: shared[chosen]! };
   }
 }
