@@ -22,6 +22,8 @@ export interface TinyModelOptions {
   chatTemplate?: string;
   seed?: number;
   name?: string;
+  /** Never emit the end-of-turn token, so every request runs to max_tokens. */
+  neverEnd?: boolean;
 }
 
 export const CHATML_TEMPLATE = `{%- for message in messages -%}
@@ -71,6 +73,7 @@ function resolveOptions(options: TinyModelOptions): Resolved {
     chatTemplate: options.chatTemplate ?? CHATML_TEMPLATE,
     seed: options.seed ?? 1,
     name: options.name ?? 'kiln-tiny-random',
+    neverEnd: options.neverEnd ?? false,
   };
 }
 
@@ -125,7 +128,7 @@ function tensors(o: Resolved): TensorSource[] {
     if (row === zero) values.fill(0);
   };
   const outputBias = (token: number): number => {
-    if (token === IM_END) return 1;
+    if (token === IM_END) return o.neverEnd ? -16 : 1;
     if (token >= BYTE_TOKENS) return -16;
     if (token >= 0x61 && token <= 0x7a) return 6; // a-z
     if (token === 0x20) return 7; // space

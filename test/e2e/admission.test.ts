@@ -8,8 +8,8 @@ let kiln: KilnProcess;
 const MODEL = 'tiny';
 
 before(async () => {
-  const file = await ensureTinyModel();
-  const config = await writeConfig({ models: [{ id: MODEL, file, parallel: 1, queue_depth: 1, queue_wait_ms: 300, context_size: 4096 }] });
+  const file = await ensureTinyModel({ neverEnd: true });
+  const config = await writeConfig({ models: [{ id: MODEL, file, parallel: 1, queue_depth: 1, queue_wait_ms: 1000, context_size: 1024 }] });
   kiln = await startKiln(['--config', config]);
 });
 
@@ -20,11 +20,11 @@ const post = (maxTokens: number, signal?: AbortSignal) =>
   fetch(`${kiln.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: body(maxTokens), ...(signal ? { signal } : {}) });
 
 test('a full queue answers 429 with Retry-After at once, a wait past the deadline 503, while the running request finishes', async () => {
-  // Holds the only sequence: its body is not read until the end, so back-pressure keeps it generating slowly.
-  const running = await post(4000);
+  // Holds the only sequence for all of its 600 tokens (the model never ends a turn by itself).
+  const running = await post(600);
   assert.equal(running.status, 200);
   const queued = post(1); // waits in the queue (depth 1)
-  await new Promise((resolve) => setTimeout(resolve, 100));
+  await new Promise((resolve) => setTimeout(resolve, 200));
 
   const started = Date.now();
   const refused = await post(1);
