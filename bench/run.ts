@@ -104,7 +104,7 @@ async function conversation(target: Target, round: number): Promise<{ first: num
   const system = { role: 'system' as const, content: `You are assistant ${round}. ${text(300, 7 + round)}` };
   const user = { role: 'user' as const, content: text(1500, 11 + round) };
   const first = await streamOnce(target, [system, user], 16, round);
-  const second = await streamOnce(target, [system, user, { role: 'assistant', content: first.content }, { role: 'user', content: 'Continue, please.' }], 16, round);
+  const second = await streamOnce(target, [system, user, { role: 'assistant', content: first.content }, { role: 'user', content: 'Continue, please.' }], 16, round + 1);
   return { first: first.ttftMs, second: second.ttftMs };
 }
 
@@ -135,7 +135,7 @@ async function abortStorm(target: Target, count: number): Promise<void> {
 }
 
 async function main(): Promise<void> {
-  const model = flags.model ?? (await ensureBenchModel({ ...QWEN25_05B_SHAPE, neverEnd: true }));
+  const model = flags.model ?? (await ensureBenchModel({ ...QWEN25_05B_SHAPE, neverEnd: true, asciiOutput: true }));
   const binary = locateLlamaServer(flags['llama-server']);
   console.error(`model ${model}\nllama-server ${binary}\nthreads ${THREADS}, ${PARALLEL} sequences × ${CONTEXT_PER_SEQUENCE} tokens, ${ROUNDS} rounds, ${MAX_TOKENS} tokens per request`);
 

@@ -124,9 +124,11 @@ async function serve(flags: Flags, configOverride?: FileConfig): Promise<{ url: 
   });
   const url = await app.listen({ host, port });
   app.log.info(
-    { models: config.models.map((model) => model.id), auth: apiKeys.length > 0, startupMs: Math.round(performance.now() - startedAt) },
-    `Kiln listening on ${url}`,
+    { url, models: config.models.map((model) => model.id), auth: apiKeys.length > 0, startupMs: Math.round(performance.now() - startedAt) },
+    'started',
   );
+  // Printed whatever the log level: scripts and tests wait for this line.
+  process.stdout.write(`Kiln listening on ${url}\n`);
 
   let closing = false;
   const shutdown = async (signal: string) => {

@@ -28,6 +28,11 @@ export interface BenchModelOptions {
   contextLength: number;
   quantization?: 'Q8_0' | 'F16';
   neverEnd?: boolean;
+  /**
+   * With `neverEnd`: also bar every token that is not printable ASCII (GPT-2 byte-level text), so outputs are
+   * always valid UTF-8 — some servers' output parsers reject a reply cut off inside a multi-byte character.
+   */
+  asciiOutput?: boolean;
   seed?: number;
 }
 
@@ -46,6 +51,7 @@ function defaults(options: BenchModelOptions): Required<BenchModelOptions> {
     chatTemplateFile: join(SHARED_MODELS, 'templates/Qwen-Qwen2.5-7B-Instruct.jinja'),
     quantization: 'Q8_0',
     neverEnd: false,
+    asciiOutput: false,
     seed: 1,
     ...options,
   };
@@ -73,19 +79,25 @@ export async function writeBenchModel(filePath: string, options: BenchModelOptio
   }
   const tokenTypes = metadata.get('tokenizer.ggml.token_type');
   if (tokenTypes?.type !== ValueType.ARRAY) throw new Error(`${o.vocabGguf} has no tokenizer.ggml.token_type`);
-  await writeGguf(filePath, metadata, tensors(o, tokenTypes.value as number[]));
+  const tokens = metadata.get('tokenizer.ggml.tokens');
+  if (tokens?.type !== ValueType.ARRAY) throw new Error(`${o.vocabGguf} has no tokenizer.ggml.tokens`);
+  const barred = (tokenTypes.value as number[]).map(
+    (type, token) => type !== TokenType.NORMAL || (o.asciiOutput && !/^[!-~\u0120]+$/.test(tokens.value[token] as string)),
+  );
+  await writeGguf(filePath, metadata, tensors(o, barred));
 }
 
-function tensors(o: Required<BenchModelOptions>, tokenTypes: number[]): TensorSource[] {
+function tensors(o: Required<BenchModelOptions>, barred: boolean[]): TensorSource[] {
   const e = o.embeddingLength;
-  const vocab = tokenTypes.length;
+  const vocab = barred.length;
   const kv = (e / o.heads) * o.kvHeads;
   const ff = o.feedForwardLength;
   const type = o.quantization === 'Q8_0' ? TensorType.Q8_0 : TensorType.F16;
   const constant = e - 1;
   const random = (name: string, std: number) => randomRows(o.seed, name, std);
   // The never-end trick: dimension `constant` of the residual stream is 1 everywhere (embedding column 1, no layer
-  // writes to it), so an output row with -50 there makes that token's logit hopeless.
+  // writes to it), so an output row with -50 there makes that token's logit hopeless: control tokens (and, with
+  // asciiOutput, non-ASCII ones) are never sampled.
   const hold = (fill: RowFiller, valueFor: (row: number) => number): RowFiller =>
     o.neverEnd ? (row, values) => { fill(row, values); values[constant] = valueFor(row); } : fill;
   const zeroRow = (fill: RowFiller): RowFiller =>
@@ -94,7 +106,7 @@ function tensors(o: Required<BenchModelOptions>, tokenTypes: number[]): TensorSo
   const list: TensorSource[] = [
     tensor('token_embd.weight', [e, vocab], type, hold(random('token_embd', 0.02), () => 1)),
     tensor('output_norm.weight', [e], TensorType.F32, constantRows(1)),
-    tensor('output.weight', [e, vocab], type, hold(random('output', 0.02), (token) => (tokenTypes[token] === TokenType.NORMAL ? 0 : -50))),
+    tensor('output.weight', [e, vocab], type, hold(random('output', 0.02), (token) => (barred[token] ? -50 : 0))),
   ];
   for (let layer = 0; layer < o.layers; layer++) {
     const p = `blk.${layer}.`;

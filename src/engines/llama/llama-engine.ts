@@ -147,11 +147,12 @@ class LlamaRun implements EngineRun {
       const detokenizer = new IncrementalDetokenizer(this.model);
       const generated: Token[] = [];
       const tokens = sequence.evaluate(this.prompt.slice(this.cachedTokens), this.evaluateOptions(generated));
-      this.barrier.join();
+      const member = this.barrier.join();
       try {
         for (;;) {
-          await this.barrier.arrive();
+          await member.beforeStep();
           const step = await tokens.next();
+          member.afterStep();
           if (step.done === true) break;
           generated.push(step.value);
           yield { type: 'text', text: detokenizer.push(step.value), tokens: 1 };
@@ -163,7 +164,7 @@ class LlamaRun implements EngineRun {
           if (this.signal.aborted) return;
         }
       } finally {
-        this.barrier.leave();
+        member.leave();
         await tokens.return();
       }
       yield { type: 'text', text: detokenizer.flush(), tokens: 0 };

@@ -7,41 +7,82 @@
  * 8 streams of a Qwen2.5-0.5B-shaped Q8_0 model: 225 ms per 7-token step unsynchronised, 114 ms per 8-token step in
  * lockstep (docs/architecture.md).
  *
- * So every generating sequence asks the barrier before queueing its next decode; the barrier lets them all go in
- * the same tick once each has arrived, and node-llama-cpp then decodes them as one batch (laid out in sequence order
- * by batch-order.ts). A sequence whose consumer stalls (a slow client) cannot hold the others for more than
- * `maxWaitMs`.
+ * So a generating sequence asks the barrier before queueing its next one-token step, and the barrier releases the
+ * waiting ones together once no other member is still busy with a step of its own (being decoded, or with its
+ * consumer); node-llama-cpp then decodes them as one batch, laid out in sequence order by batch-order.ts. Members
+ * evaluating a prompt are not waited for: a prefill spans several decodes, and the others keep generating alongside
+ * it. A member whose consumer stalls (a slow client) holds the others for at most `maxWaitMs`; groups that drift apart
+ * that way fall back into step at the next release, because waiting members also wait for members mid-step.
  */
-export class StepBarrier {
-  private members = 0;
-  private waiting: Array<() => void> = [];
-  private timer: NodeJS.Timeout | undefined;
+type State = 'prefill' | 'step' | 'consumer' | 'waiting';
 
-  constructor(private readonly maxWaitMs = 50) {}
+export class StepMember {
+  state: State = 'prefill';
+  release: (() => void) | undefined;
 
-  join(): void {
-    this.members++;
+  constructor(private readonly barrier: StepBarrier) {}
+
+  /** Call before asking the engine for the next token; resolves when this member may queue its step. */
+  beforeStep(): Promise<void> {
+    if (this.state === 'prefill') return Promise.resolve(); // the first call evaluates the prompt: never held
+    return this.barrier.arrive(this);
+  }
+
+  /** Call when the engine returned the token: the member is now with its consumer. */
+  afterStep(): void {
+    this.state = 'consumer';
   }
 
   leave(): void {
-    this.members--;
-    if (this.waiting.length > 0 && this.waiting.length >= this.members) this.release();
+    this.barrier.leave(this);
+  }
+}
+
+export class StepBarrier {
+  private readonly members = new Set<StepMember>();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly maxWaitMs = 100) {}
+
+  join(): StepMember {
+    const member = new StepMember(this);
+    this.members.add(member);
+    return member;
   }
 
-  /** Resolves when every member has arrived (or the wait ran out). */
-  arrive(): Promise<void> {
+  leave(member: StepMember): void {
+    this.members.delete(member);
+    member.release?.();
+    this.releaseIfReady();
+  }
+
+  arrive(member: StepMember): Promise<void> {
     return new Promise((resolve) => {
-      this.waiting.push(resolve);
-      if (this.waiting.length >= this.members) this.release();
-      else this.timer ??= setTimeout(() => this.release(), this.maxWaitMs);
+      member.state = 'waiting';
+      member.release = resolve;
+      if (!this.releaseIfReady()) this.timer ??= setTimeout(() => this.release(), this.maxWaitMs);
     });
+  }
+
+  private releaseIfReady(): boolean {
+    let waiting = 0;
+    for (const member of this.members) {
+      if (member.state === 'waiting') waiting++;
+      else if (member.state === 'step' || member.state === 'consumer') return false;
+    }
+    if (waiting > 0) this.release();
+    return waiting > 0;
   }
 
   private release(): void {
     clearTimeout(this.timer);
     this.timer = undefined;
-    const released = this.waiting;
-    this.waiting = [];
-    for (const resolve of released) resolve();
+    for (const member of this.members) {
+      if (member.state !== 'waiting') continue;
+      member.state = 'step';
+      const release = member.release!;
+      member.release = undefined;
+      release();
+    }
   }
 }
