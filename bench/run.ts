@@ -16,7 +16,7 @@ import { parseArgs } from 'node:util';
 import OpenAI from 'openai';
 import { ensureBenchModel, QWEN25_05B_SHAPE } from '../src/gguf/bench-model.js';
 import { startKiln } from '../test/helpers/kiln-process.js';
-import { locateLlamaServer, startLlamaServer } from './llama-server.js';
+import { ensureLocalNodeLlamaCppBuild, locateLlamaServer, startLlamaServer } from './llama-server.js';
 import { renderChart } from './chart.js';
 
 const REPO_ROOT = resolve(import.meta.dirname, '..');
@@ -137,7 +137,8 @@ async function abortStorm(target: Target, count: number): Promise<void> {
 async function main(): Promise<void> {
   const model = flags.model ?? (await ensureBenchModel({ ...QWEN25_05B_SHAPE, neverEnd: true, asciiOutput: true }));
   const binary = locateLlamaServer(flags['llama-server']);
-  console.error(`model ${model}\nllama-server ${binary}\nthreads ${THREADS}, ${PARALLEL} sequences × ${CONTEXT_PER_SEQUENCE} tokens, ${ROUNDS} rounds, ${MAX_TOKENS} tokens per request`);
+  const kilnBinary = ensureLocalNodeLlamaCppBuild();
+  console.error(`model ${model}\nllama-server ${binary}\nkiln's llama.cpp: ${kilnBinary}\nthreads ${THREADS}, ${PARALLEL} sequences × ${CONTEXT_PER_SEQUENCE} tokens, ${ROUNDS} rounds, ${MAX_TOKENS} tokens per request`);
 
   const kilnProcess = await startKiln(['--model', model, '--model-id', 'bench', '--parallel', String(PARALLEL), '--context-size', String(CONTEXT_PER_SEQUENCE), '--threads', String(THREADS), '--log-level', 'warn']);
   const peer = await startLlamaServer(binary, { model, port: 18000 + Math.floor(Math.random() * 1000), parallel: PARALLEL, contextPerSequence: CONTEXT_PER_SEQUENCE, threads: THREADS });
@@ -197,7 +198,7 @@ async function main(): Promise<void> {
       await abortStorm(targets[0]!, aborts);
       await concurrentRound(targets[0]!, PARALLEL, 1000);
       const after = await rssKb(targets[0]!.pid);
-      rows.push({ metric: `kiln RSS MiB before/after ${aborts} aborted streams`, kiln: after / 1024, peer: before / 1024, ratio: after / before, target: '≈ 1.0', ok: after / before < 1.1 });
+      rows.push({ metric: `kiln RSS after/before ${aborts} aborted streams (${(before / 1024).toFixed(0)} → ${(after / 1024).toFixed(0)} MiB)`, kiln: Number.NaN, peer: Number.NaN, ratio: after / before, target: '≈ 1.0', ok: after / before < 1.1 });
     }
   } finally {
     await kilnProcess.stop();
@@ -206,7 +207,7 @@ async function main(): Promise<void> {
 
   const fmt = (value: number) => (Number.isNaN(value) ? '' : value >= 100 ? value.toFixed(0) : value.toFixed(2));
   const table = [
-    `Kiln vs llama-server — ${new Date().toISOString()} — ${THREADS} threads, ${PARALLEL} sequences, ${MAX_TOKENS} tokens/request, ${ROUNDS} interleaved rounds, failed requests: ${failures}`,
+    `Kiln vs llama-server — ${new Date().toISOString()} — kiln's llama.cpp: ${kilnBinary} — ${THREADS} threads, ${PARALLEL} sequences, ${MAX_TOKENS} tokens/request, ${ROUNDS} interleaved rounds, failed requests: ${failures}`,
     '',
     '| metric | kiln | llama-server | kiln/llama-server | target | met |',
     '| --- | ---: | ---: | ---: | --- | --- |',
