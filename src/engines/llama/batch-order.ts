@@ -27,16 +27,18 @@ export function sequenceOrderedStrategy(context: () => LlamaContext | undefined)
   };
 }
 
-/** Every item gets an equal share of the batch; what short items leave over goes to the longer ones, in order. */
+/**
+ * One token for every item first (generating sequences advance every step), then the rest of the batch to the
+ * prompts in order, each as far as it goes — so prompts that arrived together finish their prefill, and get their
+ * first token, as soon as possible instead of all being cut into equal slices that finish a decode later.
+ */
 function shareTokens(items: readonly BatchItem[], size: number): PrioritizedBatchItem[] {
-  const share = Math.max(1, Math.floor(size / Math.max(1, items.length)));
-  let left = size;
   const result: PrioritizedBatchItem[] = [];
+  let left = size;
   for (const item of items) {
     if (left === 0) break;
-    const processAmount = Math.min(item.tokens.length, share, left);
-    result.push({ item, processAmount });
-    left -= processAmount;
+    result.push({ item, processAmount: 1 });
+    left--;
   }
   for (const entry of result) {
     if (left === 0) break;
