@@ -3,31 +3,24 @@
  * one token per byte, so any text can be expressed) plus ChatML and reasoning/tool special tokens, and an embedded
  * chat template. They answer gibberish, but exercise the real loader, tokenizer, template and sampler.
  */
-import { cachedFile, DEFAULT_MODEL_CACHE, optionsHash } from './cache.js';
+import { createHash } from 'node:crypto';
+import { access, mkdir } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
 import { TensorType, TokenType, ValueType, type MetadataValue } from './format.js';
 import { constantRows, randomRows, tensor, type RowFiller } from './weights.js';
 import { writeGguf, type TensorSource } from './writer.js';
 
 export interface TinyModelOptions {
-  /** Default 'llama'; 'qwen2' adds q/k/v biases. */
   architecture?: 'llama' | 'qwen2';
-  /** Default 2. */
   layers?: number;
-  /** Default 64. */
   embeddingLength?: number;
-  /** Default 4. */
   heads?: number;
-  /** Default 2. */
   kvHeads?: number;
-  /** Default 128. */
   feedForwardLength?: number;
-  /** Training context written to the metadata; default 4096. */
+  /** Training context written to the metadata. */
   contextLength?: number;
-  /** Jinja chat template; default CHATML_TEMPLATE. */
   chatTemplate?: string;
-  /** Weights are a deterministic function of the seed; default 1. */
   seed?: number;
-  /** general.name; default 'kiln-tiny-random'. */
   name?: string;
   /** Never emit the end-of-turn token, so every request runs to max_tokens. */
   neverEnd?: boolean;
@@ -40,11 +33,7 @@ export const CHATML_TEMPLATE = `{%- for message in messages -%}
 {{- '<|im_start|>assistant\\n' -}}
 {%- endif -%}`;
 
-/**
- * Special tokens after the 256 byte tokens, with their llama.cpp token types. Control tokens only parse from text
- * when special tokens are enabled; user-defined ones always do (so a model can "write" `<think>` as one token).
- * `<s>`/`</s>` come last so the ids of the others stay stable.
- */
+/** Special tokens after the 256 byte tokens, with their llama.cpp token types. */
 const SPECIAL_TOKENS: Array<[string, TokenType]> = [
   ['<|endoftext|>', TokenType.CONTROL],
   ['<|im_start|>', TokenType.CONTROL],
@@ -53,19 +42,10 @@ const SPECIAL_TOKENS: Array<[string, TokenType]> = [
   ['</think>', TokenType.USER_DEFINED],
   ['<tool_call>', TokenType.USER_DEFINED],
   ['</tool_call>', TokenType.USER_DEFINED],
-  ['<s>', TokenType.CONTROL],
-  ['</s>', TokenType.CONTROL],
 ];
 const BYTE_TOKENS = 256;
-
-/** Token ids of the tiny models' vocabulary: byte b is token b. */
-export const TINY_TOKEN_IDS = Object.freeze(
-  Object.fromEntries(SPECIAL_TOKENS.map(([text], index) => [text, BYTE_TOKENS + index])) as Record<string, number>,
-);
-export const TINY_VOCAB_SIZE = BYTE_TOKENS + SPECIAL_TOKENS.length;
-const ENDOFTEXT = TINY_TOKEN_IDS['<|endoftext|>']!;
-const IM_END = TINY_TOKEN_IDS['<|im_end|>']!;
-const BOS = TINY_TOKEN_IDS['<s>']!;
+const ENDOFTEXT = BYTE_TOKENS;
+const IM_END = BYTE_TOKENS + 2;
 
 /** GPT-2's reversible byte → printable character map, which byte-level BPE vocabularies are written in. */
 function byteToUnicode(): string[] {
@@ -119,7 +99,7 @@ function metadata(o: Resolved): Map<string, MetadataValue> {
     ['tokenizer.ggml.tokens', { type: ValueType.ARRAY, itemType: ValueType.STRING, value: tokens }],
     ['tokenizer.ggml.token_type', { type: ValueType.ARRAY, itemType: ValueType.INT32, value: types }],
     ['tokenizer.ggml.merges', { type: ValueType.ARRAY, itemType: ValueType.STRING, value: [] }],
-    ['tokenizer.ggml.bos_token_id', { type: ValueType.UINT32, value: BOS }],
+    ['tokenizer.ggml.bos_token_id', { type: ValueType.UINT32, value: ENDOFTEXT }],
     ['tokenizer.ggml.eos_token_id', { type: ValueType.UINT32, value: IM_END }],
     ['tokenizer.ggml.padding_token_id', { type: ValueType.UINT32, value: ENDOFTEXT }],
     ['tokenizer.ggml.add_bos_token', { type: ValueType.BOOL, value: false }],
@@ -134,7 +114,7 @@ function metadata(o: Resolved): Map<string, MetadataValue> {
  */
 function tensors(o: Resolved): TensorSource[] {
   const e = o.embeddingLength;
-  const vocab = TINY_VOCAB_SIZE;
+  const vocab = BYTE_TOKENS + SPECIAL_TOKENS.length;
   const headDim = e / o.heads;
   const kv = headDim * o.kvHeads;
   const constant = e - 1;
@@ -186,24 +166,26 @@ function tensors(o: Resolved): TensorSource[] {
   return list;
 }
 
-/** Writes a tiny random-weight model (F32, ~0.4 MB with the defaults) to `filePath`, atomically. */
 export async function writeTinyModel(filePath: string, options: TinyModelOptions = {}): Promise<void> {
   const resolved = resolveOptions(options);
-  const { embeddingLength, heads, kvHeads } = resolved;
-  if (embeddingLength % heads !== 0 || (embeddingLength / heads) % 2 !== 0) {
-    throw new Error('embeddingLength must be a multiple of heads, with an even head size (RoPE rotates pairs)');
-  }
-  if (heads % kvHeads !== 0) throw new Error('heads must be a multiple of kvHeads');
+  if (resolved.embeddingLength % resolved.heads !== 0) throw new Error('embeddingLength must be a multiple of heads');
   await writeGguf(filePath, metadata(resolved), tensors(resolved));
 }
 
-export { DEFAULT_MODEL_CACHE };
+export const DEFAULT_MODEL_CACHE = resolve(import.meta.dirname, '../../.cache/models');
 
 /** The cached model for these options, generated on first use (the file name is a hash of the options). */
 export async function ensureTinyModel(options: TinyModelOptions & { cacheDir?: string } = {}): Promise<string> {
   const { cacheDir = DEFAULT_MODEL_CACHE, ...rest } = options;
   const resolved = resolveOptions(rest);
-  // Bump `v` whenever the bytes written for the same options change.
-  const name = `tiny-${resolved.architecture}-${optionsHash({ v: 2, ...resolved })}.gguf`;
-  return cachedFile(cacheDir, name, (path) => writeTinyModel(path, resolved));
+  const hash = createHash('sha256').update(JSON.stringify({ v: 1, ...resolved })).digest('hex').slice(0, 12);
+  const filePath = join(cacheDir, `tiny-${resolved.architecture}-${hash}.gguf`);
+  try {
+    await access(filePath);
+    return filePath;
+  } catch {
+    await mkdir(cacheDir, { recursive: true });
+    await writeTinyModel(filePath, resolved);
+    return filePath;
+  }
 }

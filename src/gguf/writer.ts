@@ -2,7 +2,6 @@
  * Streams a GGUF file: metadata and tensor infos first, then each tensor's data as its producer yields it, so a
  * 700 MB model is never held in memory at once.
  */
-import { randomBytes } from 'node:crypto';
 import { open, rename, rm } from 'node:fs/promises';
 import { DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERSION, TensorType, ValueType, tensorByteLength, type MetadataValue } from './format.js';
 
@@ -108,8 +107,7 @@ export async function writeGguf(filePath: string, metadata: Map<string, Metadata
   });
   header.pad(alignment);
 
-  // Unique per call, so concurrent writers of the same file never share a temporary.
-  const temporary = `${filePath}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+  const temporary = `${filePath}.${process.pid}.${Date.now()}.tmp`;
   const handle = await open(temporary, 'w');
   try {
     await handle.write(header.toBuffer());
