@@ -10,7 +10,7 @@ import { join, resolve } from 'node:path';
 import { TensorType, TokenType, ValueType, type MetadataValue } from './format.js';
 import { readGgufHeader } from './reader.js';
 import { DEFAULT_MODEL_CACHE } from './tiny-model.js';
-import { constantRows, randomRows, tensor, type RowFiller } from './weights.js';
+import { constantDimension, constantRows, randomRows, tensor, type RowFiller } from './weights.js';
 import { writeGguf, type TensorSource } from './writer.js';
 
 const SHARED_MODELS = resolve(import.meta.dirname, '../../../shared/models');
@@ -93,15 +93,13 @@ function tensors(o: Required<BenchModelOptions>, barred: boolean[]): TensorSourc
   const kv = (e / o.heads) * o.kvHeads;
   const ff = o.feedForwardLength;
   const type = o.quantization === 'Q8_0' ? TensorType.Q8_0 : TensorType.F16;
-  const constant = e - 1;
   const random = (name: string, std: number) => randomRows(o.seed, name, std);
-  // The never-end trick: dimension `constant` of the residual stream is 1 everywhere (embedding column 1, no layer
+  // The never-end trick: the last dimension of the residual stream is 1 everywhere (embedding column 1, no layer
   // writes to it), so an output row with -50 there makes that token's logit hopeless: control tokens (and, with
   // asciiOutput, non-ASCII ones) are never sampled.
-  const hold = (fill: RowFiller, valueFor: (row: number) => number): RowFiller =>
-    o.neverEnd ? (row, values) => { fill(row, values); values[constant] = valueFor(row); } : fill;
-  const zeroRow = (fill: RowFiller): RowFiller =>
-    o.neverEnd ? (row, values) => { fill(row, values); if (row === constant) values.fill(0); } : fill;
+  const trick = constantDimension(e - 1);
+  const hold = (fill: RowFiller, valueFor: (row: number) => number): RowFiller => (o.neverEnd ? trick.set(fill, valueFor) : fill);
+  const zeroRow = (fill: RowFiller): RowFiller => (o.neverEnd ? trick.keep(fill) : fill);
 
   const list: TensorSource[] = [
     tensor('token_embd.weight', [e, vocab], type, hold(random('token_embd', 0.02), () => 1)),

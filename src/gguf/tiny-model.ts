@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { access, mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { TensorType, TokenType, ValueType, type MetadataValue } from './format.js';
-import { constantRows, randomRows, tensor, type RowFiller } from './weights.js';
+import { constantDimension, constantRows, randomRows, tensor } from './weights.js';
 import { writeGguf, type TensorSource } from './writer.js';
 
 export interface TinyModelOptions {
@@ -117,16 +117,8 @@ function tensors(o: Resolved): TensorSource[] {
   const vocab = BYTE_TOKENS + SPECIAL_TOKENS.length;
   const headDim = e / o.heads;
   const kv = headDim * o.kvHeads;
-  const constant = e - 1;
   const random = (name: string, std: number) => randomRows(o.seed, name, std);
-  const withConstant = (fill: RowFiller, valueFor: (row: number) => number): RowFiller => (row, values) => {
-    fill(row, values);
-    values[constant] = valueFor(row);
-  };
-  const zeroRow = (fill: RowFiller, zero: number): RowFiller => (row, values) => {
-    fill(row, values);
-    if (row === zero) values.fill(0);
-  };
+  const { set: withConstant, keep: zeroRow } = constantDimension(e - 1);
   const outputBias = (token: number): number => {
     if (token === IM_END) return o.neverEnd ? -16 : 1;
     if (token >= BYTE_TOKENS) return -16;
@@ -149,11 +141,11 @@ function tensors(o: Resolved): TensorSource[] {
       tensor(`${p}attn_q.weight`, [e, e], TensorType.F32, random(`${p}q`, 0.3)),
       tensor(`${p}attn_k.weight`, [e, kv], TensorType.F32, random(`${p}k`, 0.3)),
       tensor(`${p}attn_v.weight`, [e, kv], TensorType.F32, random(`${p}v`, 0.3)),
-      tensor(`${p}attn_output.weight`, [e, e], TensorType.F32, zeroRow(random(`${p}o`, 0.1), constant)),
+      tensor(`${p}attn_output.weight`, [e, e], TensorType.F32, zeroRow(random(`${p}o`, 0.1))),
       tensor(`${p}ffn_norm.weight`, [e], TensorType.F32, constantRows(1)),
       tensor(`${p}ffn_gate.weight`, [e, o.feedForwardLength], TensorType.F32, random(`${p}gate`, 0.2)),
       tensor(`${p}ffn_up.weight`, [e, o.feedForwardLength], TensorType.F32, random(`${p}up`, 0.2)),
-      tensor(`${p}ffn_down.weight`, [o.feedForwardLength, e], TensorType.F32, zeroRow(random(`${p}down`, 0.1), constant)),
+      tensor(`${p}ffn_down.weight`, [o.feedForwardLength, e], TensorType.F32, zeroRow(random(`${p}down`, 0.1))),
     );
     if (o.architecture === 'qwen2') {
       list.push(

@@ -101,3 +101,20 @@ function encodeRow(values: Float32Array, type: TensorType, out: Buffer, at: numb
     for (let i = 0; i < 32; i++) quants[base + 2 + i] = Math.round(values[block * 32 + i]! * inverse);
   }
 }
+
+/**
+ * The constant-dimension trick both generated model kinds use: residual dimension `dimension` is held at 1 (the
+ * embedding sets it, no layer writes to it), so the output layer's weight there acts as a per-token logit bias.
+ */
+export const constantDimension = (dimension: number) => ({
+  /** Sets `values[dimension]` of each row (embedding: 1; output: the token's bias). */
+  set: (fill: RowFiller, valueFor: (row: number) => number): RowFiller => (row, values) => {
+    fill(row, values);
+    values[dimension] = valueFor(row);
+  },
+  /** Zeroes the output row for `dimension` (attn_output, ffn_down): layers never write to it. */
+  keep: (fill: RowFiller): RowFiller => (row, values) => {
+    fill(row, values);
+    if (row === dimension) values.fill(0);
+  },
+});
