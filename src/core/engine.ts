@@ -22,8 +22,15 @@ export interface EngineEndEvent {
 
 export type EngineEvent = EngineTextEvent | EngineEndEvent;
 
+/**
+ * How the model's output starts: `open` — the prompt opened `<think>`, output starts as reasoning; `optional` — the
+ * model may open `<think>` itself; `off` — no reasoning to split out.
+ */
+export type ReasoningMode = 'open' | 'optional' | 'off';
+
 export interface EngineRun {
   readonly promptTokens: number;
+  readonly reasoning: ReasoningMode;
   /** Prompt tokens served from the KV cache instead of being evaluated. */
   readonly cachedTokens: number;
   /** The token budget actually granted (the request's, or what the context had left when it was defaulted). */

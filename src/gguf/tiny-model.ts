@@ -2,11 +2,13 @@
  * Tiny random-weight llama/qwen2 models for tests and the demo: a few layers, a byte-level vocabulary (GPT-2 style:
  * one token per byte, so any text can be expressed) plus ChatML and reasoning/tool special tokens, and an embedded
  * chat template. They answer gibberish, but exercise the real loader, tokenizer, template and sampler.
+ * A flavor swaps in a real model's chat template and the special tokens it uses.
  */
 import { createHash } from 'node:crypto';
 import { access, mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { TensorType, TokenType, ValueType, type MetadataValue } from './format.js';
+import { QWEN25_TEMPLATE, R1_DISTILL_TEMPLATE } from './templates.js';
 import { constantDimension, constantRows, randomRows, tensor } from './weights.js';
 import { writeGguf, type TensorSource } from './writer.js';
 
@@ -24,7 +26,11 @@ export interface TinyModelOptions {
   name?: string;
   /** Never emit the end-of-turn token, so every request runs to max_tokens. */
   neverEnd?: boolean;
+  /** 'chatml' (default): ChatML template and tokens. Others: that real model's template and special tokens. */
+  flavor?: TinyModelFlavor;
 }
+
+export type TinyModelFlavor = 'chatml' | 'qwen2.5' | 'r1-distill';
 
 export const CHATML_TEMPLATE = `{%- for message in messages -%}
 {{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' -}}
@@ -33,19 +39,63 @@ export const CHATML_TEMPLATE = `{%- for message in messages -%}
 {{- '<|im_start|>assistant\\n' -}}
 {%- endif -%}`;
 
-/** Special tokens after the 256 byte tokens, with their llama.cpp token types. */
-const SPECIAL_TOKENS: Array<[string, TokenType]> = [
-  ['<|endoftext|>', TokenType.CONTROL],
-  ['<|im_start|>', TokenType.CONTROL],
-  ['<|im_end|>', TokenType.CONTROL],
-  ['<think>', TokenType.USER_DEFINED],
-  ['</think>', TokenType.USER_DEFINED],
-  ['<tool_call>', TokenType.USER_DEFINED],
-  ['</tool_call>', TokenType.USER_DEFINED],
-];
 const BYTE_TOKENS = 256;
-const ENDOFTEXT = BYTE_TOKENS;
-const IM_END = BYTE_TOKENS + 2;
+
+/** Special tokens after the 256 byte tokens, with their llama.cpp token types; bos/eos/padding index into the vocab. */
+interface Specials {
+  tokens: Array<[string, TokenType]>;
+  bos: number;
+  /** Also the end-of-turn token. */
+  eos: number;
+  padding: number;
+}
+
+const CHATML_SPECIALS: Specials = {
+  tokens: [
+    ['<|endoftext|>', TokenType.CONTROL],
+    ['<|im_start|>', TokenType.CONTROL],
+    ['<|im_end|>', TokenType.CONTROL],
+    ['<think>', TokenType.USER_DEFINED],
+    ['</think>', TokenType.USER_DEFINED],
+    ['<tool_call>', TokenType.USER_DEFINED],
+    ['</tool_call>', TokenType.USER_DEFINED],
+  ],
+  bos: BYTE_TOKENS, // <|endoftext|>
+  eos: BYTE_TOKENS + 2, // <|im_end|>
+  padding: BYTE_TOKENS,
+};
+
+/** DeepSeek-R1-Distill's own markers (fullwidth bars, U+2581 for spaces), as its template writes them. */
+const R1_DISTILL_SPECIALS: Specials = {
+  tokens: [
+    ...[
+      '<｜begin▁of▁sentence｜>',
+      '<｜end▁of▁sentence｜>',
+      '<｜User｜>',
+      '<｜Assistant｜>',
+      '<｜tool▁calls▁begin｜>',
+      '<｜tool▁calls▁end｜>',
+      '<｜tool▁call▁begin｜>',
+      '<｜tool▁call▁end｜>',
+      '<｜tool▁sep｜>',
+      '<｜tool▁outputs▁begin｜>',
+      '<｜tool▁outputs▁end｜>',
+      '<｜tool▁output▁begin｜>',
+      '<｜tool▁output▁end｜>',
+    ].map((text): [string, TokenType] => [text, TokenType.CONTROL]),
+    ['<think>', TokenType.USER_DEFINED],
+    ['</think>', TokenType.USER_DEFINED],
+  ],
+  bos: BYTE_TOKENS,
+  eos: BYTE_TOKENS + 1,
+  padding: BYTE_TOKENS + 1,
+};
+
+const FLAVORS: Record<TinyModelFlavor, { template: string; specials: Specials }> = {
+  chatml: { template: CHATML_TEMPLATE, specials: CHATML_SPECIALS },
+  'qwen2.5': { template: QWEN25_TEMPLATE, specials: CHATML_SPECIALS },
+  'r1-distill': { template: R1_DISTILL_TEMPLATE, specials: R1_DISTILL_SPECIALS },
+};
 
 /** GPT-2's reversible byte → printable character map, which byte-level BPE vocabularies are written in. */
 function byteToUnicode(): string[] {
@@ -62,6 +112,7 @@ function byteToUnicode(): string[] {
 type Resolved = Required<Omit<TinyModelOptions, 'name'>> & { name: string };
 
 function resolveOptions(options: TinyModelOptions): Resolved {
+  const flavor = options.flavor ?? 'chatml';
   return {
     architecture: options.architecture ?? 'llama',
     layers: options.layers ?? 2,
@@ -70,18 +121,20 @@ function resolveOptions(options: TinyModelOptions): Resolved {
     kvHeads: options.kvHeads ?? 2,
     feedForwardLength: options.feedForwardLength ?? 128,
     contextLength: options.contextLength ?? 4096,
-    chatTemplate: options.chatTemplate ?? CHATML_TEMPLATE,
+    chatTemplate: options.chatTemplate ?? FLAVORS[flavor].template,
     seed: options.seed ?? 1,
     name: options.name ?? 'kiln-tiny-random',
     neverEnd: options.neverEnd ?? false,
+    flavor,
   };
 }
 
 function metadata(o: Resolved): Map<string, MetadataValue> {
   const arch = o.architecture;
+  const specials = FLAVORS[o.flavor].specials;
   const bytes = byteToUnicode();
-  const tokens = [...bytes, ...SPECIAL_TOKENS.map(([text]) => text)];
-  const types = [...bytes.map(() => TokenType.NORMAL), ...SPECIAL_TOKENS.map(([, type]) => type)];
+  const tokens = [...bytes, ...specials.tokens.map(([text]) => text)];
+  const types = [...bytes.map(() => TokenType.NORMAL), ...specials.tokens.map(([, type]) => type)];
   const entries: Array<[string, MetadataValue]> = [
     ['general.architecture', { type: ValueType.STRING, value: arch }],
     ['general.name', { type: ValueType.STRING, value: o.name }],
@@ -99,9 +152,9 @@ function metadata(o: Resolved): Map<string, MetadataValue> {
     ['tokenizer.ggml.tokens', { type: ValueType.ARRAY, itemType: ValueType.STRING, value: tokens }],
     ['tokenizer.ggml.token_type', { type: ValueType.ARRAY, itemType: ValueType.INT32, value: types }],
     ['tokenizer.ggml.merges', { type: ValueType.ARRAY, itemType: ValueType.STRING, value: [] }],
-    ['tokenizer.ggml.bos_token_id', { type: ValueType.UINT32, value: ENDOFTEXT }],
-    ['tokenizer.ggml.eos_token_id', { type: ValueType.UINT32, value: IM_END }],
-    ['tokenizer.ggml.padding_token_id', { type: ValueType.UINT32, value: ENDOFTEXT }],
+    ['tokenizer.ggml.bos_token_id', { type: ValueType.UINT32, value: specials.bos }],
+    ['tokenizer.ggml.eos_token_id', { type: ValueType.UINT32, value: specials.eos }],
+    ['tokenizer.ggml.padding_token_id', { type: ValueType.UINT32, value: specials.padding }],
     ['tokenizer.ggml.add_bos_token', { type: ValueType.BOOL, value: false }],
     ['tokenizer.chat_template', { type: ValueType.STRING, value: o.chatTemplate }],
   ];
@@ -114,13 +167,14 @@ function metadata(o: Resolved): Map<string, MetadataValue> {
  */
 function tensors(o: Resolved): TensorSource[] {
   const e = o.embeddingLength;
-  const vocab = BYTE_TOKENS + SPECIAL_TOKENS.length;
+  const specials = FLAVORS[o.flavor].specials;
+  const vocab = BYTE_TOKENS + specials.tokens.length;
   const headDim = e / o.heads;
   const kv = headDim * o.kvHeads;
   const random = (name: string, std: number) => randomRows(o.seed, name, std);
   const { set: withConstant, keep: zeroRow } = constantDimension(e - 1);
   const outputBias = (token: number): number => {
-    if (token === IM_END) return o.neverEnd ? -16 : 1;
+    if (token === specials.eos) return o.neverEnd ? -16 : 1;
     if (token >= BYTE_TOKENS) return -16;
     if (token >= 0x61 && token <= 0x7a) return 6; // a-z
     if (token === 0x20) return 7; // space
@@ -170,7 +224,10 @@ export const DEFAULT_MODEL_CACHE = resolve(import.meta.dirname, '../../.cache/mo
 export async function ensureTinyModel(options: TinyModelOptions & { cacheDir?: string } = {}): Promise<string> {
   const { cacheDir = DEFAULT_MODEL_CACHE, ...rest } = options;
   const resolved = resolveOptions(rest);
-  const hash = createHash('sha256').update(JSON.stringify({ v: 1, ...resolved })).digest('hex').slice(0, 12);
+  // The default flavor stays out of the hash so that the files cached before flavors existed keep their names.
+  const { flavor, ...hashed } = resolved;
+  const key = flavor === 'chatml' ? { v: 1, ...hashed } : { v: 1, ...hashed, flavor };
+  const hash = createHash('sha256').update(JSON.stringify(key)).digest('hex').slice(0, 12);
   const filePath = join(cacheDir, `tiny-${resolved.architecture}-${hash}.gguf`);
   try {
     await access(filePath);

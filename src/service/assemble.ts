@@ -18,7 +18,7 @@ export const MODEL_DEFAULTS = {
 } as const;
 
 /** Settings that belong to the loaded file, not the id: ids sharing a file must agree on them. */
-const ENGINE_FIELDS = ['parallel', 'context_size', 'threads', 'batch_size', 'queue_depth', 'queue_wait_ms'] as const;
+const ENGINE_FIELDS = ['parallel', 'context_size', 'threads', 'batch_size', 'queue_depth', 'queue_wait_ms', 'reasoning'] as const;
 
 export interface Kiln {
   service: ChatService;
@@ -68,6 +68,7 @@ function engineSettings(model: ModelConfig): LlamaEngineSettings {
     ...(model.context_size !== undefined ? { contextSize: model.context_size } : {}),
     ...(model.threads !== undefined ? { threads: model.threads } : {}),
     ...(model.batch_size !== undefined ? { batchSize: model.batch_size } : {}),
+    reasoning: model.reasoning ?? 'auto',
     queue: {
       depth: model.queue_depth ?? MODEL_DEFAULTS.queueDepth,
       waitMs: model.queue_wait_ms ?? MODEL_DEFAULTS.queueWaitMs,

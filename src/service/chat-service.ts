@@ -8,9 +8,17 @@ import type { ChatRequest } from '../core/chat-request.js';
 import type { EngineRun } from '../core/engine.js';
 import { mergeIterators } from '../core/merge-iterators.js';
 import { normalizeChatRequest } from '../core/normalize-request.js';
-import { ChoicePostProcessor, type ChoiceUpdate } from '../core/postprocess/choice-processor.js';
+import { ChoicePostProcessor, type ChoiceDelta, type ChoiceUpdate } from '../core/postprocess/choice-processor.js';
 import { KilnError } from '../errors/catalog.js';
-import type { ChatCompletionChunkWire, ChatCompletionWire, FinishReason, ModelListWire, UsageWire } from '../protocol/response.js';
+import type {
+  ChatCompletionChunkWire,
+  ChatCompletionWire,
+  ChunkDeltaWire,
+  FinishReason,
+  ModelListWire,
+  ToolCallWire,
+  UsageWire,
+} from '../protocol/response.js';
 import type { ModelRegistry } from './model-registry.js';
 
 export interface ChatServiceOptions {
@@ -55,40 +63,32 @@ export class ChatService {
         });
       }
     });
-    if (request.responseFormat.type !== 'text') {
-      throw new KilnError('notSupported', { param: 'response_format', message: `'response_format' of type '${request.responseFormat.type}' is not supported yet.` });
-    }
-    if (request.tools.length > 0 && request.toolChoice.type !== 'none') {
-      throw new KilnError('notSupported', { param: 'tools', message: "'tools' are not supported yet; send tool_choice \"none\" or no tools." });
-    }
   }
 
   private async complete(request: ChatRequest, run: EngineRun, meta: ChunkMeta, signal: AbortSignal): Promise<ChatCompletionWire> {
     const choices = await Promise.all(
       Array.from({ length: request.n }, async (_, index) => {
-        let content = '';
-        let finish: { finishReason: FinishReason; completionTokens: number } | undefined;
+        const message = new MessageBuilder();
+        let finish: Extract<ChoiceUpdate, { type: 'finish' }> | undefined;
         for await (const update of choiceUpdates(request, run, index)) {
-          if (update.type === 'delta') content += update.delta.content ?? '';
+          if (update.type === 'delta') message.add(update.delta);
           else finish = update;
         }
         signal.throwIfAborted();
         if (finish === undefined) throw new KilnError('internal', { message: 'Generation ended unexpectedly.' });
-        return { index, content, ...finish };
+        return { index, message: message.build(), finish };
       }),
     );
-    const completionTokens = choices.reduce((sum, choice) => sum + choice.completionTokens, 0);
     return {
       id: meta.id,
       object: 'chat.completion',
       created: meta.created,
       model: meta.model,
-      choices: choices.map((choice) => ({
-        index: choice.index,
-        message: { role: 'assistant', content: choice.content },
-        finish_reason: choice.finishReason,
-      })),
-      usage: usage(run, completionTokens),
+      choices: choices.map(({ index, message, finish }) => ({ index, message, finish_reason: finish.finishReason })),
+      usage: usage(
+        run,
+        choices.map((choice) => choice.finish),
+      ),
       system_fingerprint: this.options.systemFingerprint,
     };
   }
@@ -99,22 +99,22 @@ export class ChatService {
       for (let index = 0; index < request.n; index++) {
         yield { ...base, choices: [{ index, delta: { role: 'assistant', content: '' }, finish_reason: null }] };
       }
-      let completionTokens = 0;
+      const finishes: Array<Extract<ChoiceUpdate, { type: 'finish' }>> = [];
       let unfinished = request.n;
       const sources = Array.from({ length: request.n }, (_, index) => choiceUpdates(request, run, index));
       for await (const { index, value: update } of mergeIterators(sources)) {
         if (update.type === 'delta') {
-          yield { ...base, choices: [{ index, delta: update.delta, finish_reason: null }] };
+          yield { ...base, choices: [{ index, delta: deltaWire(update.delta), finish_reason: null }] };
           continue;
         }
-        completionTokens += update.completionTokens;
+        finishes.push(update);
         unfinished--;
         // SiliconFlow sends usage on the final chunk; OpenAI clients ask for a separate one (below).
-        const finalUsage = unfinished === 0 ? { usage: usage(run, completionTokens) } : {};
+        const finalUsage = unfinished === 0 ? { usage: usage(run, finishes) } : {};
         yield { ...base, choices: [{ index, delta: {}, finish_reason: update.finishReason }], ...finalUsage };
       }
       if (unfinished > 0) return; // aborted: nobody is listening
-      if (request.includeUsage) yield { ...base, choices: [], usage: usage(run, completionTokens) };
+      if (request.includeUsage) yield { ...base, choices: [], usage: usage(run, finishes) };
     } finally {
       run.dispose();
     }
@@ -129,7 +129,13 @@ interface ChunkMeta {
 
 /** One choice's engine output through the post-processor, ending at its finish update. */
 async function* choiceUpdates(request: ChatRequest, run: EngineRun, index: number): AsyncGenerator<ChoiceUpdate, void, undefined> {
-  const processor = new ChoicePostProcessor(request);
+  const tools = request.toolChoice.type !== 'none' && request.tools.length > 0;
+  const processor = new ChoicePostProcessor({
+    stop: request.stop,
+    reasoning: run.reasoning,
+    tools,
+    ...(request.parallelToolCalls ? {} : { maxToolCalls: 1 }),
+  });
   for await (const event of run.choice(index)) {
     for (const update of processor.accept(event)) {
       yield update;
@@ -138,12 +144,51 @@ async function* choiceUpdates(request: ChatRequest, run: EngineRun, index: numbe
   }
 }
 
-function usage(run: EngineRun, completionTokens: number): UsageWire {
+function deltaWire(delta: ChoiceDelta): ChunkDeltaWire {
+  if (delta.reasoningContent !== undefined) return { reasoning_content: delta.reasoningContent };
+  if (delta.toolCall !== undefined) {
+    const { index, id, name, arguments: args } = delta.toolCall;
+    const call = id === undefined ? { index, function: { arguments: args } } : { index, id, type: 'function' as const, function: { name: name!, arguments: args } };
+    return { tool_calls: [call] };
+  }
+  return { content: delta.content ?? '' };
+}
+
+/** A whole message from the same deltas a stream would carry. */
+class MessageBuilder {
+  private content = '';
+  private reasoning = '';
+  private readonly toolCalls: ToolCallWire[] = [];
+
+  add(delta: ChoiceDelta): void {
+    if (delta.content !== undefined) this.content += delta.content;
+    if (delta.reasoningContent !== undefined) this.reasoning += delta.reasoningContent;
+    const call = delta.toolCall;
+    if (call === undefined) return;
+    if (call.id !== undefined) this.toolCalls[call.index] = { id: call.id, type: 'function', function: { name: call.name!, arguments: '' } };
+    this.toolCalls[call.index]!.function.arguments += call.arguments;
+  }
+
+  build(): ChatCompletionWire['choices'][number]['message'] {
+    const calls = this.toolCalls.length > 0;
+    return {
+      role: 'assistant',
+      // OpenAI: content is null when the message is only tool calls.
+      content: calls && this.content === '' ? null : this.content,
+      ...(this.reasoning !== '' ? { reasoning_content: this.reasoning } : {}),
+      ...(calls ? { tool_calls: this.toolCalls } : {}),
+    };
+  }
+}
+
+function usage(run: EngineRun, finishes: ReadonlyArray<{ completionTokens: number; reasoningTokens: number }>): UsageWire {
+  const completionTokens = finishes.reduce((sum, finish) => sum + finish.completionTokens, 0);
+  const reasoningTokens = finishes.reduce((sum, finish) => sum + finish.reasoningTokens, 0);
   return {
     prompt_tokens: run.promptTokens,
     completion_tokens: completionTokens,
     total_tokens: run.promptTokens + completionTokens,
     prompt_tokens_details: { cached_tokens: run.cachedTokens },
-    completion_tokens_details: { reasoning_tokens: 0 },
+    completion_tokens_details: { reasoning_tokens: reasoningTokens },
   };
 }

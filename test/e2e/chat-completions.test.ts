@@ -202,13 +202,13 @@ describe('requests and errors', () => {
     { name: 'top_p of 0', body: { model: MODEL, messages: hello, top_p: 0 }, status: 400, code: 20015, param: 'top_p' },
     { name: 'five stop strings', body: { model: MODEL, messages: hello, stop: ['a', 'b', 'c', 'd', 'e'] }, status: 400, code: 20015, param: 'stop' },
     { name: 'n above the server maximum', body: { model: MODEL, messages: hello, n: 99 }, status: 400, code: 20015, param: 'n' },
-    { name: 'n > 1 (not supported yet)', body: { model: MODEL, messages: hello, n: 2 }, status: 400, code: 20015, param: 'n' },
+    { name: "n above the model's parallel sequences", body: { model: MODEL, messages: hello, n: 3 }, status: 400, code: 20015, param: 'n' },
     {
-      name: 'tools (not supported yet)',
-      body: { model: MODEL, messages: hello, tools: [{ type: 'function', function: { name: 'get_time', parameters: { type: 'object' } } }] },
+      name: 'tool parameters with a keyword Kiln cannot enforce',
+      body: { model: MODEL, messages: hello, tools: [{ type: 'function', function: { name: 'get_time', parameters: { type: 'object', properties: { zone: { type: 'string', pattern: '^[A-Z]+$' } } } } }] },
       status: 400,
       code: 20015,
-      param: 'tools',
+      param: 'tools[0].function.parameters',
     },
     {
       name: 'bad tool name',
@@ -217,7 +217,13 @@ describe('requests and errors', () => {
       code: 20015,
       param: 'tools[0].function.name',
     },
-    { name: 'json_object (not supported yet)', body: { model: MODEL, messages: hello, response_format: { type: 'json_object' } }, status: 400, code: 20015, param: 'response_format' },
+    {
+      name: 'json_schema with an unsatisfiable schema',
+      body: { model: MODEL, messages: hello, response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'string', minLength: 5, maxLength: 2 } } } },
+      status: 400,
+      code: 20015,
+      param: 'response_format.json_schema.schema',
+    },
     {
       name: 'image on a text-only model',
       body: { model: MODEL, messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'data:,' } }] }] },

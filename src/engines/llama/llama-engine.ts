@@ -5,20 +5,22 @@
  * parameters passed explicitly (node-llama-cpp's own defaults differ from the seed's).
  */
 import {
-  resolveChatWrapper,
-  GeneralChatWrapper,
-  type ChatWrapper,
+  LlamaGrammarEvaluationState,
+  type Llama,
   type LlamaContext,
+  type LlamaGrammar,
   type LlamaContextSequence,
   type LlamaModel,
   type SequenceEvaluateOptions,
   type Token,
 } from 'node-llama-cpp';
 import type { ChatRequest } from '../../core/chat-request.js';
-import type { ChatEngine, EngineDescription, EngineEvent, EngineRun } from '../../core/engine.js';
+import type { ChatEngine, EngineDescription, EngineEvent, EngineRun, ReasoningMode } from '../../core/engine.js';
+import { requestGrammars, type RequestGrammars } from '../../core/grammar/request-grammar.js';
 import { KilnError } from '../../errors/catalog.js';
-import { toChatHistory } from './chat-history.js';
+import { ChatTemplate, TemplateError } from './chat-template.js';
 import { IncrementalDetokenizer } from './detokenizer.js';
+import { OutputSteering, type GrammarName } from './output-steering.js';
 import { getRuntime, usableCores } from './runtime.js';
 import { SequencePool, type Lease, type QueueSettings } from './sequence-pool.js';
 import { StepBarrier } from './step-barrier.js';
@@ -33,10 +35,14 @@ export interface LlamaEngineSettings {
   /** Undefined: the cores this process may use. */
   threads?: number;
   batchSize?: number;
+  /** Whether the model reasons in <think> … </think>; `auto`: detected from its chat template. */
+  reasoning?: 'auto' | 'on' | 'off';
   queue: QueueSettings;
 }
 
 const DEFAULT_CONTEXT_CAP = 4096;
+/** Compiled grammars kept for requests that repeat a schema (most clients send the same tools every time). */
+const GRAMMAR_CACHE_SIZE = 64;
 /** Frequency/presence penalties look back this many generated tokens. */
 const PENALTY_WINDOW = 256;
 
@@ -45,10 +51,15 @@ export class LlamaEngine implements ChatEngine {
     readonly description: EngineDescription,
     private readonly model: LlamaModel,
     private readonly context: LlamaContext,
-    private readonly chatWrapper: ChatWrapper,
+    private readonly template: ChatTemplate,
     private readonly pool: SequencePool,
     private readonly barrier: StepBarrier,
+    private readonly llama: Llama,
+    private readonly parallel: number,
+    private readonly reasons: boolean,
   ) {}
+
+  private readonly grammarCache = new Map<string, Promise<LlamaGrammar>>();
 
   static async load(settings: LlamaEngineSettings): Promise<LlamaEngine> {
     const llama = await getRuntime();
@@ -66,13 +77,16 @@ export class LlamaEngine implements ChatEngine {
       created = context;
       const sequences: LlamaContextSequence[] = [];
       for (let i = 0; i < settings.parallel; i++) sequences.push(context.getSequence());
-      const chatWrapper = resolveChatWrapper(model) ?? new GeneralChatWrapper();
+      const template = ChatTemplate.fromModel(model);
       const description: EngineDescription = {
         name: `llama.cpp:${model.fileInfo.metadata?.general?.name ?? settings.file}`,
         contextSize: context.contextSize,
         supportsImages: false,
       };
-      return new LlamaEngine(description, model, context, chatWrapper, new SequencePool(sequences, settings.queue), new StepBarrier());
+      const pool = new SequencePool(sequences, settings.queue);
+      const reasoning = settings.reasoning ?? 'auto';
+      const reasons = reasoning === 'auto' ? template.features.reasoning : reasoning === 'on';
+      return new LlamaEngine(description, model, context, template, pool, new StepBarrier(), llama, settings.parallel, reasons);
     } catch (error) {
       await model.dispose();
       throw error;
@@ -80,11 +94,18 @@ export class LlamaEngine implements ChatEngine {
   }
 
   async start(request: ChatRequest, signal: AbortSignal): Promise<EngineRun> {
-    if (request.n !== 1) throw new KilnError('notSupported', { param: 'n', message: "'n' > 1 is not supported yet." });
-    const prompt = this.renderPrompt(request);
+    if (request.n > this.parallel) {
+      throw new KilnError('invalidParameter', {
+        param: 'n',
+        message: `Invalid 'n': model '${request.model}' generates at most ${this.parallel} choices at once (its 'parallel' setting).`,
+      });
+    }
+    const grammarTexts = requestGrammars(request);
+    const { tokens: prompt, reasoning } = this.renderPrompt(request);
     const maxTokens = this.grantTokens(request, prompt.length);
-    const lease = await this.pool.acquire(prompt, signal, request.model.startsWith('Pro/') ? 1 : 0);
-    return new LlamaRun(this.model, this.pool, this.barrier, lease, prompt, maxTokens, request, signal);
+    const grammars = await this.compileGrammars(grammarTexts);
+    const leases = await this.pool.acquire(prompt, signal, request.model.startsWith('Pro/') ? 1 : 0, request.n);
+    return new LlamaRun(this.model, this.pool, this.barrier, leases, prompt, maxTokens, reasoning, grammars, request, signal);
   }
 
   async close(): Promise<void> {
@@ -92,10 +113,48 @@ export class LlamaEngine implements ChatEngine {
     await this.model.dispose();
   }
 
-  private renderPrompt(request: ChatRequest): Token[] {
-    const chatHistory = toChatHistory(request.messages, request.continueLastAssistant);
-    const { contextText } = this.chatWrapper.generateContextState({ chatHistory });
-    return contextText.tokenize(this.model.tokenizer);
+  private renderPrompt(request: ChatRequest): { tokens: Token[]; reasoning: ReasoningMode } {
+    const tools = request.toolChoice.type === 'none' ? [] : request.tools;
+    let rendered;
+    try {
+      rendered = this.template.render(request.messages, { tools, enableThinking: request.enableThinking, continueLastAssistant: request.continueLastAssistant });
+    } catch (error) {
+      if (!(error instanceof TemplateError)) throw error;
+      throw new KilnError('invalidParameter', { param: 'messages', message: `Invalid 'messages' for this model's chat template: ${error.message}` });
+    }
+    const reasoning: ReasoningMode = !this.reasons
+      ? 'off'
+      : rendered.thinkingOpen
+        ? 'open'
+        : request.enableThinking === false
+          ? 'off'
+          : 'optional';
+    // The rendered template's own special tokens (<|im_start|>, …) must become special tokens, as in llama-server.
+    const tokens = this.model.tokenize(rendered.text, true);
+    // Most templates write bos_token themselves; models that want one get it exactly once.
+    const bos = this.model.tokens.bos;
+    if (this.model.tokens.shouldPrependBosToken && bos !== null && tokens[0] !== bos) tokens.unshift(bos);
+    return { tokens, reasoning };
+  }
+
+  private async compileGrammars(texts: RequestGrammars): Promise<CompiledGrammars> {
+    const compiled: CompiledGrammars = {};
+    if (texts.answer !== undefined) compiled.answer = await this.grammar(texts.answer);
+    if (texts.toolCallBody !== undefined) compiled.toolCallBody = await this.grammar(texts.toolCallBody);
+    return compiled;
+  }
+
+  private grammar(text: string): Promise<LlamaGrammar> {
+    let grammar = this.grammarCache.get(text);
+    if (grammar === undefined) {
+      grammar = this.llama.createGrammar({ grammar: text });
+      grammar.catch(() => this.grammarCache.delete(text));
+      if (this.grammarCache.size >= GRAMMAR_CACHE_SIZE) this.grammarCache.delete(this.grammarCache.keys().next().value!);
+    } else {
+      this.grammarCache.delete(text); // re-insert: most recently used last
+    }
+    this.grammarCache.set(text, grammar);
+    return grammar;
   }
 
   /** Rejects prompts the context cannot hold; a defaulted `max_tokens` shrinks to what is left, an explicit one must fit. */
@@ -117,51 +176,88 @@ export class LlamaEngine implements ChatEngine {
   }
 }
 
+type CompiledGrammars = Partial<Record<GrammarName, LlamaGrammar>>;
+
 class LlamaRun implements EngineRun {
   readonly promptTokens: number;
   readonly cachedTokens: number;
-  private started = false;
+  private readonly started: boolean[];
 
   constructor(
     private readonly model: LlamaModel,
     private readonly pool: SequencePool,
     private readonly barrier: StepBarrier,
-    private readonly lease: Lease,
+    private readonly leases: Lease[],
     private readonly prompt: Token[],
     readonly maxTokens: number,
+    readonly reasoning: ReasoningMode,
+    private readonly grammars: CompiledGrammars,
     private readonly request: ChatRequest,
     private readonly signal: AbortSignal,
   ) {
     this.promptTokens = prompt.length;
-    // At least the last prompt token is evaluated again: its logits start the generation.
-    this.cachedTokens = Math.min(lease.sharedPrefix, prompt.length - 1);
+    // At least the last prompt token is evaluated again: its logits start the generation. Choices share the prompt,
+    // so the cache counts once (the first choice's sequence).
+    this.cachedTokens = Math.min(leases[0]!.sharedPrefix, prompt.length - 1);
+    this.started = leases.map(() => false);
   }
 
   async *choice(index: number): AsyncGenerator<EngineEvent, void, undefined> {
-    if (index !== 0 || this.started) throw new Error(`choice ${index} is not available`);
-    this.started = true;
-    const { sequence } = this.lease;
+    const lease = this.leases[index];
+    if (lease === undefined || this.started[index]) throw new Error(`choice ${index} is not available`);
+    this.started[index] = true;
+    const { sequence } = lease;
     try {
       this.signal.throwIfAborted();
-      await sequence.eraseContextTokenRanges([{ start: this.cachedTokens, end: sequence.nextTokenIndex }]);
+      const cached = Math.min(lease.sharedPrefix, this.prompt.length - 1);
+      await sequence.eraseContextTokenRanges([{ start: cached, end: sequence.nextTokenIndex }]);
       const detokenizer = new IncrementalDetokenizer(this.model);
       const generated: Token[] = [];
-      const tokens = sequence.evaluate(this.prompt.slice(this.cachedTokens), this.evaluateOptions(generated));
+      const steering = new OutputSteering({
+        reasoning: this.reasoning,
+        thinkingBudget: this.request.thinkingBudget,
+        hasAnswerGrammar: this.grammars.answer !== undefined,
+        hasToolCallBodyGrammar: this.grammars.toolCallBody !== undefined,
+      });
+      let grammarState = this.grammarState(steering.initialGrammar);
+      const tokens = sequence.evaluate(this.prompt.slice(cached), {
+        ...this.samplingOptions(generated, index),
+        // Read before every sampled token, so steering can switch grammars mid-generation.
+        grammarEvaluationState: () => grammarState,
+      });
       const member = this.barrier.join();
+      let nextInput: Token[] | undefined;
       try {
         for (;;) {
           await member.beforeStep();
-          const step = await tokens.next();
+          const step = await tokens.next(nextInput);
           member.afterStep();
+          nextInput = undefined;
           if (step.done === true) break;
           generated.push(step.value);
-          yield { type: 'text', text: detokenizer.push(step.value), tokens: 1 };
+          const text = detokenizer.push(step.value);
+          yield { type: 'text', text, tokens: 1 };
           if (generated.length >= this.maxTokens) {
             yield { type: 'text', text: detokenizer.flush(), tokens: 0 };
             yield { type: 'end', reason: 'length' };
             return;
           }
           if (this.signal.aborted) return;
+          const change = steering.afterToken(text);
+          if (change === undefined) continue;
+          grammarState = this.grammarState(change.grammar);
+          if (change.inject !== undefined) {
+            // Kiln writes these tokens itself: they are evaluated after the sampled one, and count as output.
+            const injected = this.model.tokenize(change.inject, true);
+            const room = Math.min(injected.length, this.maxTokens - generated.length);
+            yield { type: 'text', text: detokenizer.flush() + this.model.detokenize(injected.slice(0, room), true), tokens: room };
+            generated.push(...injected.slice(0, room));
+            if (generated.length >= this.maxTokens) {
+              yield { type: 'end', reason: 'length' };
+              return;
+            }
+            nextInput = [step.value, ...injected];
+          }
         }
       } finally {
         member.leave();
@@ -175,14 +271,21 @@ class LlamaRun implements EngineRun {
   }
 
   dispose(): void {
-    // A run whose generation never started still holds its sequence.
-    if (!this.started) {
-      this.started = true;
-      this.pool.release(this.lease.sequence);
-    }
+    // Choices whose generation never started still hold their sequences.
+    this.leases.forEach((lease, index) => {
+      if (this.started[index]) return;
+      this.started[index] = true;
+      this.pool.release(lease.sequence);
+    });
   }
 
-  private evaluateOptions(generated: Token[]): SequenceEvaluateOptions {
+  private grammarState(name: GrammarName | undefined): LlamaGrammarEvaluationState | undefined {
+    const grammar = name === undefined ? undefined : this.grammars[name];
+    return grammar === undefined ? undefined : new LlamaGrammarEvaluationState({ model: this.model, grammar });
+  }
+
+  /** Choice i samples with seed + i: the choices differ, and the same seed reproduces all of them. */
+  private samplingOptions(generated: Token[], index: number): SequenceEvaluateOptions {
     const { sampling } = this.request;
     const penalize = sampling.frequencyPenalty !== 0 || sampling.presencePenalty !== 0;
     return {
@@ -190,7 +293,7 @@ class LlamaRun implements EngineRun {
       topK: sampling.topK,
       topP: sampling.topP,
       minP: sampling.minP,
-      seed: sampling.seed >>> 0,
+      seed: (sampling.seed + index) >>> 0,
       ...(penalize
         ? {
             repeatPenalty: {

@@ -27,8 +27,9 @@ export interface Lease {
 
 interface Waiter {
   tokens: readonly Token[];
+  count: number;
   priority: number;
-  resolve(lease: Lease): void;
+  resolve(leases: Lease[]): void;
   reject(error: unknown): void;
 }
 
@@ -53,19 +54,25 @@ export class SequencePool {
     return this.idle.length;
   }
 
-  acquire(tokens: readonly Token[], signal: AbortSignal, priority = 0): Promise<Lease> {
+  /**
+   * `count` sequences at once (one per choice of an `n > 1` request; count ≤ the pool's size), so that concurrent
+   * multi-choice requests can never each hold part of what they need.
+   */
+  acquire(tokens: readonly Token[], signal: AbortSignal, priority = 0, count = 1): Promise<Lease[]> {
     signal.throwIfAborted();
-    if (this.idle.length > 0 && this.waiters.length === 0) return Promise.resolve(this.take(tokens));
+    if (count > this.slots.size) throw new Error(`cannot lease ${count} of ${this.slots.size} sequences`);
+    if (this.idle.length >= count && this.waiters.length === 0) return Promise.resolve(this.takeMany(tokens, count));
     if (this.waiters.length >= this.queue.depth) {
       return Promise.reject(new KilnError('queueFull', { retryAfterSeconds: 1 }));
     }
-    return new Promise<Lease>((resolve, reject) => {
+    return new Promise<Lease[]>((resolve, reject) => {
       const waiter: Waiter = {
         tokens,
+        count,
         priority,
-        resolve: (lease) => {
+        resolve: (leases) => {
           cleanup();
-          resolve(lease);
+          resolve(leases);
         },
         reject: (error) => {
           cleanup();
@@ -93,8 +100,15 @@ export class SequencePool {
 
   release(sequence: LlamaContextSequence): void {
     this.idle.push(sequence);
-    const next = this.waiters.shift();
-    if (next !== undefined) next.resolve(this.take(next.tokens));
+    // Strictly in queue order: a waiter needing several sequences is not overtaken by smaller ones.
+    while (this.waiters.length > 0 && this.waiters[0]!.count <= this.idle.length) {
+      const next = this.waiters.shift()!;
+      next.resolve(this.takeMany(next.tokens, next.count));
+    }
+  }
+
+  private takeMany(tokens: readonly Token[], count: number): Lease[] {
+    return Array.from({ length: count }, () => this.take(tokens));
   }
 
   private remove(waiter: Waiter): void {

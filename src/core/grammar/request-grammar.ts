@@ -1,0 +1,74 @@
+/**
+ * The grammars a request needs, as GBNF text, built (and so validated) before any generation starts:
+ * - `answer`: the whole answer is constrained — `response_format` json_object/json_schema, or a forced tool call
+ *   (`tool_choice` "required" or a named function);
+ * - `toolCallBody`: with `tool_choice` "auto" the model writes freely, and once it opens `<tool_call>` the rest of
+ *   the call (name and arguments) is constrained.
+ * Tool calls use the Hermes layout that Qwen2.5/QwQ templates render and Kiln's post-processor parses:
+ * `<tool_call>\n{"name": "…", "arguments": {…}}\n</tool_call>`, several calls separated by a newline.
+ */
+import { KilnError } from '../../errors/catalog.js';
+import type { ChatRequest, ToolDefinition } from '../chat-request.js';
+import { GbnfBuilder, UnsupportedSchemaError } from './json-schema-grammar.js';
+
+export interface RequestGrammars {
+  answer?: string;
+  toolCallBody?: string;
+}
+
+/** A runaway model could otherwise chain calls until max_tokens. */
+export const MAX_PARALLEL_TOOL_CALLS = 8;
+
+const NO_PARAMETERS = { type: 'object', properties: {} };
+
+export function requestGrammars(request: Pick<ChatRequest, 'tools' | 'toolChoice' | 'responseFormat' | 'parallelToolCalls'>): RequestGrammars {
+  const tools = request.toolChoice.type === 'none' ? [] : request.tools;
+  const grammars: RequestGrammars = {};
+  if (tools.length > 0) {
+    const forced = request.toolChoice.type === 'required' || request.toolChoice.type === 'function';
+    const offered = request.toolChoice.type === 'function' ? tools.filter((tool) => tool.name === (request.toolChoice as { name: string }).name) : tools;
+    const builder = new GbnfBuilder();
+    const call = callRule(builder, offered, request.tools);
+    const more = request.parallelToolCalls ? ` ("\\n<tool_call>\\n" ${call} "\\n</tool_call>"){0,${MAX_PARALLEL_TOOL_CALLS - 1}}` : '';
+    if (forced) grammars.answer = builder.build(`"<tool_call>\\n" ${call} "\\n</tool_call>"${more}`);
+    else grammars.toolCallBody = builder.build(`"\\n" ${call} "\\n</tool_call>"${more}`);
+    // Every tool's parameters must be usable, even those this request does not force.
+    if (forced) validateTools(request.tools);
+  }
+  if (request.responseFormat.type === 'json_object') {
+    const builder = new GbnfBuilder();
+    grammars.answer ??= builder.build(builder.anyObject());
+  } else if (request.responseFormat.type === 'json_schema') {
+    const builder = new GbnfBuilder();
+    const rule = schemaRule(builder, request.responseFormat.schema, 'response_format.json_schema.schema');
+    grammars.answer ??= builder.build(rule);
+  }
+  return grammars;
+}
+
+/** One call: one alternative per tool, its name and then arguments matching its parameters. */
+function callRule(builder: GbnfBuilder, offered: readonly ToolDefinition[], all: readonly ToolDefinition[]): string {
+  const alternatives = offered.map((tool) => {
+    const index = all.indexOf(tool);
+    const parameters = schemaRule(builder, tool.parameters ?? NO_PARAMETERS, `tools[${index}].function.parameters`);
+    const head = builder.literal(`{"name": ${JSON.stringify(tool.name)}, "arguments": `);
+    return builder.addRule(`call-${tool.name}`, `${head} ${parameters} "}"`);
+  });
+  return builder.addRule('call', alternatives.join(' | '));
+}
+
+function validateTools(tools: readonly ToolDefinition[]): void {
+  tools.forEach((tool, index) => schemaRule(new GbnfBuilder(), tool.parameters ?? NO_PARAMETERS, `tools[${index}].function.parameters`));
+}
+
+function schemaRule(builder: GbnfBuilder, schema: unknown, param: string): string {
+  try {
+    return builder.addSchema(schema, 'value');
+  } catch (error) {
+    if (!(error instanceof UnsupportedSchemaError)) throw error;
+    throw new KilnError('invalidParameter', {
+      param,
+      message: `Invalid schema for '${param}' at '${error.pointer || '/'}': ${error.message}`,
+    });
+  }
+}
