@@ -46,6 +46,8 @@ export interface SamplingParams {
   presencePenalty: number;
   /** Always set: random per request when the client gave none. */
   seed: number;
+  /** The client gave the seed, i.e. expects the same output for the same request. */
+  seedExplicit: boolean;
 }
 
 export interface ChatRequest {

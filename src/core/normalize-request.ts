@@ -64,6 +64,7 @@ export function normalizeChatRequest(body: unknown, options: NormalizeOptions): 
       frequencyPenalty: wire.frequency_penalty ?? REQUEST_DEFAULTS.frequencyPenalty,
       presencePenalty: wire.presence_penalty ?? REQUEST_DEFAULTS.presencePenalty,
       seed: wire.seed ?? randomInt(0, 2 ** 31),
+      seedExplicit: wire.seed !== undefined && wire.seed !== null,
     },
     n,
     responseFormat: normalizeResponseFormat(wire),

@@ -28,6 +28,8 @@ export interface TinyModelOptions {
   neverEnd?: boolean;
   /** 'chatml' (default): ChatML template and tokens. Others: that real model's template and special tokens. */
   flavor?: TinyModelFlavor;
+  /** Make `<tool_call>` the most likely token, so that free-running generation opens tool calls (tests of tool_choice auto). */
+  eagerToolCalls?: boolean;
 }
 
 export type TinyModelFlavor = 'chatml' | 'qwen2.5' | 'r1-distill';
@@ -126,6 +128,7 @@ function resolveOptions(options: TinyModelOptions): Resolved {
     name: options.name ?? 'kiln-tiny-random',
     neverEnd: options.neverEnd ?? false,
     flavor,
+    eagerToolCalls: options.eagerToolCalls ?? false,
   };
 }
 
@@ -175,6 +178,7 @@ function tensors(o: Resolved): TensorSource[] {
   const { set: withConstant, keep: zeroRow } = constantDimension(e - 1);
   const outputBias = (token: number): number => {
     if (token === specials.eos) return o.neverEnd ? -16 : 1;
+    if (o.eagerToolCalls && specials.tokens[token - BYTE_TOKENS]?.[0] === '<tool_call>') return 12;
     if (token >= BYTE_TOKENS) return -16;
     if (token >= 0x61 && token <= 0x7a) return 6; // a-z
     if (token === 0x20) return 7; // space
@@ -224,9 +228,9 @@ export const DEFAULT_MODEL_CACHE = resolve(import.meta.dirname, '../../.cache/mo
 export async function ensureTinyModel(options: TinyModelOptions & { cacheDir?: string } = {}): Promise<string> {
   const { cacheDir = DEFAULT_MODEL_CACHE, ...rest } = options;
   const resolved = resolveOptions(rest);
-  // The default flavor stays out of the hash so that the files cached before flavors existed keep their names.
-  const { flavor, ...hashed } = resolved;
-  const key = flavor === 'chatml' ? { v: 1, ...hashed } : { v: 1, ...hashed, flavor };
+  // Options at their defaults stay out of the hash so that files cached before those options existed keep their names.
+  const { flavor, eagerToolCalls, ...hashed } = resolved;
+  const key = { v: 1, ...hashed, ...(flavor !== 'chatml' ? { flavor } : {}), ...(eagerToolCalls ? { eagerToolCalls } : {}) };
   const hash = createHash('sha256').update(JSON.stringify(key)).digest('hex').slice(0, 12);
   const filePath = join(cacheDir, `tiny-${resolved.architecture}-${hash}.gguf`);
   try {

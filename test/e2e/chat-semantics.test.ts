@@ -17,6 +17,8 @@ const ajv = addFormats(new Ajv({ strict: false }));
 
 const TOOLS_MODEL = 'Qwen/Qwen2.5-7B-Instruct';
 const REASONING_MODEL = 'deepseek-ai/DeepSeek-R1-Distill-Qwen-7B';
+/** Its weights favour `<tool_call>`, so it opens calls by itself under tool_choice "auto". */
+const EAGER_MODEL = 'Qwen/Qwen2.5-Coder-7B-Instruct';
 
 let kiln: KilnProcess;
 let client: OpenAI;
@@ -26,6 +28,7 @@ before(async () => {
     models: [
       { id: TOOLS_MODEL, file: await ensureTinyModel({ flavor: 'qwen2.5' }), parallel: 4, context_size: 2048 },
       { id: REASONING_MODEL, file: await ensureTinyModel({ flavor: 'r1-distill', neverEnd: true }), parallel: 2, context_size: 1024 },
+      { id: EAGER_MODEL, file: await ensureTinyModel({ flavor: 'qwen2.5', eagerToolCalls: true }), parallel: 1, context_size: 2048 },
     ],
   });
   kiln = await startKiln(['--config', config, '--insecure-no-auth']);
@@ -129,6 +132,25 @@ describe('tools', () => {
       whole.message.tool_calls!.map((call) => (call.type === 'function' ? [call.function.name, call.function.arguments] : [])),
       streamed.calls.map((call) => [call.function.name, call.function.arguments]),
     );
+  });
+
+  test('tool_choice "auto": a call the model opens itself is completed under the grammar, streamed and whole', async () => {
+    for (let seed = 1; seed <= 3; seed++) {
+      const request = { model: EAGER_MODEL, messages: ask, tools, seed, temperature: 1, max_tokens: 600 };
+      const whole = (await client.chat.completions.create(request)).choices[0]!;
+      assert.equal(whole.finish_reason, 'tool_calls', `seed ${seed}: ${JSON.stringify(whole.message)}`);
+      for (const call of whole.message.tool_calls!) if (call.type === 'function') assertValidCall(call);
+      const { choices } = await collect(await client.chat.completions.create({ ...request, stream: true }));
+      assert.deepEqual(
+        choices.get(0)!.calls.map((call) => [call.function.name, call.function.arguments]),
+        whole.message.tool_calls!.map((call) => (call.type === 'function' ? [call.function.name, call.function.arguments] : [])),
+      );
+    }
+    const single = await client.chat.completions.create({ model: EAGER_MODEL, messages: ask, tools, parallel_tool_calls: false, seed: 4, max_tokens: 600 });
+    assert.equal(single.choices[0]!.message.tool_calls!.length, 1);
+    assert.equal(single.choices[0]!.finish_reason, 'tool_calls');
+    const none = await client.chat.completions.create({ model: EAGER_MODEL, messages: ask, tools, tool_choice: 'none', seed: 4, max_tokens: 20 });
+    assert.equal(none.choices[0]!.message.tool_calls, undefined, 'tool_choice "none" never reports calls');
   });
 
   test('a tool round trip: assistant tool_calls and the tool result render through the template and are answered', async () => {
@@ -248,6 +270,22 @@ describe('reasoning', () => {
     assert.equal(usage!.completion_tokens_details!.reasoning_tokens, details.reasoning_tokens);
   });
 
+  test('reasoning first, then the JSON answer under its schema', async () => {
+    const schema = { type: 'object', properties: { answer: { enum: ['yes', 'no'] } }, required: ['answer'] };
+    const completion = await client.chat.completions.create({
+      model: REASONING_MODEL,
+      messages: ask,
+      response_format: { type: 'json_schema', json_schema: { name: 'verdict', schema } },
+      thinking_budget: 128,
+      max_tokens: 300,
+      seed: 4,
+    } as ChatCompletionCreateParamsNonStreaming);
+    const message = completion.choices[0]!.message as { content: string | null; reasoning_content?: string };
+    assert.ok(message.reasoning_content!.length > 0);
+    assert.equal(completion.choices[0]!.finish_reason, 'stop');
+    assert.ok(ajv.validate(schema, JSON.parse(message.content!)), message.content!);
+  });
+
   test('enable_thinking false: no reasoning at all', async () => {
     const completion = await client.chat.completions.create({ model: REASONING_MODEL, messages: ask, max_tokens: 20, seed: 2, enable_thinking: false } as ChatCompletionCreateParamsNonStreaming);
     const message = completion.choices[0]!.message as { content: string | null; reasoning_content?: string };
@@ -302,12 +340,20 @@ describe('stop, n and determinism', () => {
     await assert.rejects(client.chat.completions.create({ model: REASONING_MODEL, messages, n: 3 }), (error: unknown) => error instanceof OpenAI.BadRequestError && /'n'/.test(error.message));
   });
 
-  test('the same seed and parameters give the same output', async () => {
-    const request = { model: TOOLS_MODEL, messages, max_tokens: 40, seed: 1234, temperature: 1.2 };
-    const first = await client.chat.completions.create(request);
-    const second = await client.chat.completions.create(request);
-    assert.equal(second.choices[0]!.message.content, first.choices[0]!.message.content);
-    const other = await client.chat.completions.create({ ...request, seed: 4321 });
-    assert.notEqual(other.choices[0]!.message.content, first.choices[0]!.message.content);
+  test('the same seed and parameters give the same output, whether the prompt was cached or not', async () => {
+    let differs = 0;
+    for (let seed = 1; seed <= 6; seed++) {
+      // Longer than one 512-token batch, and new to the server: the first request evaluates it all, the second reuses it.
+      const long = [{ role: 'system' as const, content: `Determinism check ${seed} ${Date.now()}. ${'Remember this sentence. '.repeat(40)}` }, ...messages];
+      const request = { model: TOOLS_MODEL, messages: long, max_tokens: 60, seed, temperature: 1.2 };
+      const first = await client.chat.completions.create(request);
+      const second = await client.chat.completions.create(request);
+      assert.ok(first.usage!.prompt_tokens_details!.cached_tokens! < 32, 'the first request evaluates the long prompt');
+      assert.ok(second.usage!.prompt_tokens_details!.cached_tokens! > 512);
+      assert.equal(second.choices[0]!.message.content, first.choices[0]!.message.content, `seed ${seed}`);
+      const other = await client.chat.completions.create({ ...request, seed: seed + 100 });
+      if (other.choices[0]!.message.content !== first.choices[0]!.message.content) differs++;
+    }
+    assert.ok(differs >= 5, 'another seed gives another output');
   });
 });

@@ -57,7 +57,7 @@ const EXPECTED_DEFAULTS = {
   maxTokens: 512,
   maxTokensExplicit: false,
   stop: [],
-  sampling: { temperature: 0.7, topP: 0.7, topK: 50, minP: 0.05, frequencyPenalty: 0.5, presencePenalty: 0 },
+  sampling: { temperature: 0.7, topP: 0.7, topK: 50, minP: 0.05, frequencyPenalty: 0.5, presencePenalty: 0, seedExplicit: false },
   n: 1,
   responseFormat: { type: 'text' },
   tools: [],
@@ -127,6 +127,7 @@ describe('defaults', () => {
 
   test('an explicit seed is kept, including 0 and negatives', () => {
     assert.equal(normalize(withBase({ seed: 42 })).sampling.seed, 42);
+    assert.equal(normalize(withBase({ seed: 42 })).sampling.seedExplicit, true);
     assert.equal(normalize(withBase({ seed: 0 })).sampling.seed, 0);
     assert.equal(normalize(withBase({ seed: -7 })).sampling.seed, -7);
   });
@@ -155,7 +156,7 @@ describe('defaults', () => {
     assert.equal(request.maxTokens, 100);
     assert.equal(request.maxTokensExplicit, true);
     assert.deepEqual(request.sampling, {
-      temperature: 1.3, topP: 0.9, topK: 20, frequencyPenalty: -1, presencePenalty: 1.5, minP: 0.2, seed: request.sampling.seed,
+      temperature: 1.3, topP: 0.9, topK: 20, frequencyPenalty: -1, presencePenalty: 1.5, minP: 0.2, seed: request.sampling.seed, seedExplicit: false,
     });
     assert.equal(request.n, 3);
     assert.equal(request.enableThinking, true);

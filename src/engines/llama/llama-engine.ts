@@ -220,7 +220,15 @@ class LlamaRun implements EngineRun {
         hasToolCallBodyGrammar: this.grammars.toolCallBody !== undefined,
       });
       let grammarState = this.grammarState(steering.initialGrammar);
-      const tokens = sequence.evaluate(this.prompt.slice(cached), {
+      let input = this.prompt.slice(cached);
+      if (this.request.sampling.seedExplicit && input.length > 1) {
+        // llama.cpp's logits differ in the last bits between a token decoded inside a prompt batch and one decoded on
+        // its own (as after a prefix-cache hit). With a seed the client expects the same output every time, so the
+        // token that starts generation is always decoded on its own.
+        await sequence.evaluateWithoutGeneratingNewTokens(input.slice(0, -1));
+        input = input.slice(-1);
+      }
+      const tokens = sequence.evaluate(input, {
         ...this.samplingOptions(generated, index),
         // Read before every sampled token, so steering can switch grammars mid-generation.
         grammarEvaluationState: () => grammarState,
