@@ -22,6 +22,8 @@ export const MAX_PARALLEL_TOOL_CALLS = 8;
 const NO_PARAMETERS = { type: 'object', properties: {} };
 
 export function requestGrammars(request: Pick<ChatRequest, 'tools' | 'toolChoice' | 'responseFormat' | 'parallelToolCalls'>): RequestGrammars {
+  // Every tool's parameters must be usable, even when this request does not let the model call it.
+  validateTools(request.tools);
   const tools = request.toolChoice.type === 'none' ? [] : request.tools;
   const grammars: RequestGrammars = {};
   if (tools.length > 0) {
@@ -32,8 +34,6 @@ export function requestGrammars(request: Pick<ChatRequest, 'tools' | 'toolChoice
     const more = request.parallelToolCalls ? ` ("\\n<tool_call>\\n" ${call} "\\n</tool_call>"){0,${MAX_PARALLEL_TOOL_CALLS - 1}}` : '';
     if (forced) grammars.answer = builder.build(`"<tool_call>\\n" ${call} "\\n</tool_call>"${more}`);
     else grammars.toolCallBody = builder.build(`"\\n" ${call} "\\n</tool_call>"${more}`);
-    // Every tool's parameters must be usable, even those this request does not force.
-    if (forced) validateTools(request.tools);
   }
   if (request.responseFormat.type === 'json_object') {
     const builder = new GbnfBuilder();
