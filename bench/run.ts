@@ -28,6 +28,9 @@ const { values: flags } = parseArgs({
     'max-tokens': { type: 'string', default: '128' },
     aborts: { type: 'string', default: '0' },
     concurrency: { type: 'string', default: '1,4,8' },
+    // Send an explicit seed with every request. Kiln then decodes the prompt's last token on its own so that the
+    // output does not depend on the prefix cache (docs/architecture.md, determinism): one extra small decode.
+    seeded: { type: 'boolean', default: false },
   },
 });
 
@@ -66,7 +69,7 @@ function text(words: number, salt: number): string {
 async function streamOnce(target: Target, messages: OpenAI.ChatCompletionMessageParam[], maxTokens: number, seed: number, signal?: AbortSignal): Promise<RequestResult & { content: string }> {
   const started = performance.now();
   const stream = await target.client.chat.completions.create(
-    { model: target.model, messages, max_tokens: maxTokens, seed, stream: true, stream_options: { include_usage: true }, ...SAMPLING, ...EXTRA } as OpenAI.ChatCompletionCreateParamsStreaming,
+    { model: target.model, messages, max_tokens: maxTokens, ...(flags.seeded ? { seed } : {}), stream: true, stream_options: { include_usage: true }, ...SAMPLING, ...EXTRA } as OpenAI.ChatCompletionCreateParamsStreaming,
     signal !== undefined ? { signal } : {},
   );
   let ttftMs = Number.NaN;
