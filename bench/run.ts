@@ -42,6 +42,12 @@ const CONTEXT_PER_SEQUENCE = 4096;
 const THREADS = availableParallelism();
 const SAMPLING = { temperature: 0.7, top_p: 0.7, frequency_penalty: 0.5 } as const;
 const EXTRA = { top_k: 50, min_p: 0.05 };
+/**
+ * Every request carries a system message, so both servers evaluate the same prompt: without one, Kiln renders the
+ * model's Jinja template, which adds the template's default system prompt, while llama-server (run with --no-jinja,
+ * see llama-server.ts) renders plain ChatML without it — 10 more tokens per request for Kiln.
+ */
+const SYSTEM = { role: 'system' as const, content: 'You are a helpful assistant.' };
 
 interface Target {
   name: 'kiln' | 'llama-server';
@@ -92,7 +98,7 @@ async function concurrentRound(target: Target, concurrency: number, round: numbe
   const started = performance.now();
   const results = await Promise.allSettled(
     Array.from({ length: concurrency }, (_, i) =>
-      streamOnce(target, [{ role: 'user', content: `Request ${round}.${i}: ${text(48, round * 100 + i)}` }], MAX_TOKENS, round * 100 + i),
+      streamOnce(target, [SYSTEM, { role: 'user', content: `Request ${round}.${i}: ${text(48, round * 100 + i)}` }], MAX_TOKENS, round * 100 + i),
     ),
   );
   const seconds = (performance.now() - started) / 1000;
@@ -131,7 +137,7 @@ async function abortStorm(target: Target, count: number): Promise<void> {
       Array.from({ length: Math.min(batch, count - done) }, async (_, i) => {
         const controller = new AbortController();
         setTimeout(() => controller.abort(), 5 + ((done + i) % 7) * 40);
-        await streamOnce(target, [{ role: 'user', content: text(24, done + i) }], 256, done + i, controller.signal);
+        await streamOnce(target, [SYSTEM, { role: 'user', content: text(24, done + i) }], 256, done + i, controller.signal);
       }),
     );
   }

@@ -18,6 +18,8 @@ const modelSchema = z.strictObject({
   batch_size: z.int().min(1).optional(),
   queue_depth: z.int().min(0).optional(),
   queue_wait_ms: z.int().min(1).optional(),
+  /** llama.cpp flash attention (default auto: llama.cpp decides for the model and hardware). */
+  flash_attention: z.enum(['auto', 'on', 'off']).optional(),
   /** Whether the model reasons in <think> … </think>; `auto`: detected from its chat template. */
   reasoning: z.enum(['auto', 'on', 'off']).optional(),
   owned_by: z.string().optional(),

@@ -35,6 +35,8 @@ export interface LlamaEngineSettings {
   /** Undefined: the cores this process may use. */
   threads?: number;
   batchSize?: number;
+  /** llama.cpp flash attention; `auto` (default): llama.cpp decides for the model and hardware. */
+  flashAttention?: boolean | 'auto';
   /** Whether the model reasons in <think> … </think>; `auto`: detected from its chat template. */
   reasoning?: 'auto' | 'on' | 'off';
   queue: QueueSettings;
@@ -73,6 +75,7 @@ export class LlamaEngine implements ChatEngine {
         contextSize,
         threads: settings.threads ?? usableCores(),
         ...(settings.batchSize !== undefined ? { batchSize: settings.batchSize } : {}),
+        flashAttention: settings.flashAttention ?? 'auto',
       });
       created = context;
       const sequences: LlamaContextSequence[] = [];
