@@ -53,6 +53,7 @@ export class StepBarrier {
   constructor(
     private readonly maxWaitMs = 100,
     private readonly gatherMs = 15,
+    private readonly prefillGraceMs = 4,
   ) {}
 
   join(): StepMember {
@@ -92,12 +93,21 @@ export class StepBarrier {
   private releaseIfReady(): boolean {
     if (this.gathering !== undefined) return false;
     let waiting = 0;
+    let prefilling = false;
     for (const member of this.members) {
       if (member.state === 'waiting') waiting++;
       else if (member.state === 'step' || member.state === 'consumer') return false;
+      else if (member.state === 'prefill') prefilling = true;
     }
-    if (waiting > 0) this.release();
-    return waiting > 0;
+    if (waiting === 0) return false;
+    if (prefilling) {
+      // A prompt whose last decode just finished is still sampling its first token: give it a moment to join, or the
+      // first step after a prefill runs twice (members that were quicker alone, then the rest).
+      this.timer ??= setTimeout(() => this.release(), this.prefillGraceMs);
+      return true;
+    }
+    this.release();
+    return true;
   }
 
   private release(): void {
