@@ -1,5 +1,5 @@
 /**
- * End to end: the real server (bin/kiln.js) with a generated random-weight GGUF, driven by the `openai` client and by
+ * End to end: the real server (bin/kiln.cjs) with a generated random-weight GGUF, driven by the `openai` client and by
  * raw HTTP for framing and error cases.
  */
 import assert from 'node:assert/strict';

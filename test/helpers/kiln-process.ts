@@ -1,5 +1,5 @@
 /**
- * Starts the real `kiln` CLI (bin/kiln.js, i.e. the built dist/) as a child process on a free port and waits until
+ * Starts the real `kiln` CLI (bin/kiln.cjs, i.e. the built dist/) as a child process on a free port and waits until
  * it listens. Tests talk to it over HTTP only.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -9,7 +9,7 @@ import { join, resolve } from 'node:path';
 import { stringify } from 'yaml';
 
 export const REPO_ROOT = resolve(import.meta.dirname, '../..');
-const BIN = join(REPO_ROOT, 'bin/kiln.js');
+const BIN = join(REPO_ROOT, 'bin/kiln.cjs');
 
 export interface KilnProcess {
   url: string;
