@@ -74,6 +74,11 @@ export interface ChatRequest {
   user: string | undefined;
 }
 
+/** The tools the model may call in this request: none when `tool_choice` is "none". */
+export function offeredTools(request: Pick<ChatRequest, 'tools' | 'toolChoice'>): readonly ToolDefinition[] {
+  return request.toolChoice.type === 'none' ? [] : request.tools;
+}
+
 /** The seed's defaults (../shared/spec/chat-completions.md). */
 export const REQUEST_DEFAULTS = {
   maxTokens: 512,

@@ -4,7 +4,7 @@
  * before `create` returns; a stream can then only fail mid-way (the transport reports that in-band).
  */
 import { randomBytes } from 'node:crypto';
-import type { ChatRequest } from '../core/chat-request.js';
+import { offeredTools, type ChatRequest } from '../core/chat-request.js';
 import type { EngineRun } from '../core/engine.js';
 import { mergeIterators } from '../core/merge-iterators.js';
 import { normalizeChatRequest } from '../core/normalize-request.js';
@@ -14,7 +14,6 @@ import type {
   ChatCompletionChunkWire,
   ChatCompletionWire,
   ChunkDeltaWire,
-  FinishReason,
   ModelListWire,
   ToolCallWire,
   UsageWire,
@@ -85,10 +84,7 @@ export class ChatService {
       created: meta.created,
       model: meta.model,
       choices: choices.map(({ index, message, finish }) => ({ index, message, finish_reason: finish.finishReason })),
-      usage: usage(
-        run,
-        choices.map((choice) => choice.finish),
-      ),
+      usage: usage(run, choices.map((choice) => choice.finish)),
       system_fingerprint: this.options.systemFingerprint,
     };
   }
@@ -129,11 +125,10 @@ interface ChunkMeta {
 
 /** One choice's engine output through the post-processor, ending at its finish update. */
 async function* choiceUpdates(request: ChatRequest, run: EngineRun, index: number): AsyncGenerator<ChoiceUpdate, void, undefined> {
-  const tools = request.toolChoice.type !== 'none' && request.tools.length > 0;
   const processor = new ChoicePostProcessor({
     stop: request.stop,
     reasoning: run.reasoning,
-    tools,
+    tools: offeredTools(request).length > 0,
     ...(request.parallelToolCalls ? {} : { maxToolCalls: 1 }),
   });
   for await (const event of run.choice(index)) {

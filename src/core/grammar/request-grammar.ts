@@ -8,7 +8,7 @@
  * `<tool_call>\n{"name": "…", "arguments": {…}}\n</tool_call>`, several calls separated by a newline.
  */
 import { KilnError } from '../../errors/catalog.js';
-import type { ChatRequest, ToolDefinition } from '../chat-request.js';
+import { offeredTools, type ChatRequest, type ToolDefinition } from '../chat-request.js';
 import { GbnfBuilder, UnsupportedSchemaError } from './json-schema-grammar.js';
 
 export interface RequestGrammars {
@@ -24,7 +24,7 @@ const NO_PARAMETERS = { type: 'object', properties: {} };
 export function requestGrammars(request: Pick<ChatRequest, 'tools' | 'toolChoice' | 'responseFormat' | 'parallelToolCalls'>): RequestGrammars {
   // Every tool's parameters must be usable, even when this request does not let the model call it.
   validateTools(request.tools);
-  const tools = request.toolChoice.type === 'none' ? [] : request.tools;
+  const tools = offeredTools(request);
   const grammars: RequestGrammars = {};
   if (tools.length > 0) {
     const forced = request.toolChoice.type === 'required' || request.toolChoice.type === 'function';

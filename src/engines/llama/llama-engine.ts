@@ -14,7 +14,7 @@ import {
   type SequenceEvaluateOptions,
   type Token,
 } from 'node-llama-cpp';
-import type { ChatRequest } from '../../core/chat-request.js';
+import { offeredTools, type ChatRequest } from '../../core/chat-request.js';
 import type { ChatEngine, EngineDescription, EngineEvent, EngineRun, ReasoningMode } from '../../core/engine.js';
 import { requestGrammars, type RequestGrammars } from '../../core/grammar/request-grammar.js';
 import { KilnError } from '../../errors/catalog.js';
@@ -117,7 +117,7 @@ export class LlamaEngine implements ChatEngine {
   }
 
   private renderPrompt(request: ChatRequest): { tokens: Token[]; reasoning: ReasoningMode } {
-    const tools = request.toolChoice.type === 'none' ? [] : request.tools;
+    const tools = offeredTools(request);
     let rendered;
     try {
       rendered = this.template.render(request.messages, { tools, enableThinking: request.enableThinking, continueLastAssistant: request.continueLastAssistant });
@@ -199,9 +199,8 @@ class LlamaRun implements EngineRun {
     private readonly signal: AbortSignal,
   ) {
     this.promptTokens = prompt.length;
-    // At least the last prompt token is evaluated again: its logits start the generation. Choices share the prompt,
-    // so the cache counts once (the first choice's sequence).
-    this.cachedTokens = Math.min(leases[0]!.sharedPrefix, prompt.length - 1);
+    // Choices share the prompt, so the cache counts once (the first choice's sequence).
+    this.cachedTokens = this.reusable(leases[0]!);
     this.started = leases.map(() => false);
   }
 
@@ -212,7 +211,7 @@ class LlamaRun implements EngineRun {
     const { sequence } = lease;
     try {
       this.signal.throwIfAborted();
-      const cached = Math.min(lease.sharedPrefix, this.prompt.length - 1);
+      const cached = this.reusable(lease);
       await sequence.eraseContextTokenRanges([{ start: cached, end: sequence.nextTokenIndex }]);
       const detokenizer = new IncrementalDetokenizer(this.model);
       const generated: Token[] = [];
@@ -288,6 +287,11 @@ class LlamaRun implements EngineRun {
       this.started[index] = true;
       this.pool.release(lease.sequence);
     });
+  }
+
+  /** Prompt tokens a lease's KV cache already holds; at least the last one is evaluated again, as its logits start the generation. */
+  private reusable(lease: Lease): number {
+    return Math.min(lease.sharedPrefix, this.prompt.length - 1);
   }
 
   private grammarState(name: GrammarName | undefined): LlamaGrammarEvaluationState | undefined {
