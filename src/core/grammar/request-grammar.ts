@@ -22,13 +22,14 @@ export const MAX_PARALLEL_TOOL_CALLS = 8;
 const NO_PARAMETERS = { type: 'object', properties: {} };
 
 export function requestGrammars(request: Pick<ChatRequest, 'tools' | 'toolChoice' | 'responseFormat' | 'parallelToolCalls'>): RequestGrammars {
-  // Every tool's parameters must be usable, even when this request does not let the model call it.
-  validateTools(request.tools);
   const tools = offeredTools(request);
+  const offered = request.toolChoice.type === 'function' ? tools.filter((tool) => tool.name === (request.toolChoice as { name: string }).name) : tools;
+  // Every tool's parameters must be usable, even when this request does not let the model call it; the offered ones
+  // are checked by compiling their call grammar below.
+  validateTools(request.tools, offered);
   const grammars: RequestGrammars = {};
-  if (tools.length > 0) {
+  if (offered.length > 0) {
     const forced = request.toolChoice.type === 'required' || request.toolChoice.type === 'function';
-    const offered = request.toolChoice.type === 'function' ? tools.filter((tool) => tool.name === (request.toolChoice as { name: string }).name) : tools;
     const builder = new GbnfBuilder();
     const call = callRule(builder, offered, request.tools);
     const more = request.parallelToolCalls ? ` ("\\n<tool_call>\\n" ${call} "\\n</tool_call>"){0,${MAX_PARALLEL_TOOL_CALLS - 1}}` : '';
@@ -57,8 +58,10 @@ function callRule(builder: GbnfBuilder, offered: readonly ToolDefinition[], all:
   return builder.addRule('call', alternatives.join(' | '));
 }
 
-function validateTools(tools: readonly ToolDefinition[]): void {
-  tools.forEach((tool, index) => schemaRule(new GbnfBuilder(), tool.parameters ?? NO_PARAMETERS, `tools[${index}].function.parameters`));
+function validateTools(tools: readonly ToolDefinition[], compiledElsewhere: readonly ToolDefinition[]): void {
+  tools.forEach((tool, index) => {
+    if (!compiledElsewhere.includes(tool)) schemaRule(new GbnfBuilder(), tool.parameters ?? NO_PARAMETERS, `tools[${index}].function.parameters`);
+  });
 }
 
 function schemaRule(builder: GbnfBuilder, schema: unknown, param: string): string {
