@@ -8,6 +8,7 @@ import { parseArgs } from 'node:util';
 import { ConfigError, loadConfigFile, type FileConfig, type ModelConfig } from '../config/config.js';
 import { ensureTinyModel } from '../gguf/tiny-model.js';
 import { buildHttpServer } from '../http/server.js';
+import type { ApiKey } from '../http/auth.js';
 import { assembleKiln } from '../service/assemble.js';
 
 const USAGE = `Usage:
@@ -99,12 +100,14 @@ function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
 }
 
-async function serve(flags: Flags, configOverride?: FileConfig): Promise<{ url: string; apiKeys: string[] }> {
+async function serve(flags: Flags, configOverride?: FileConfig): Promise<{ url: string; apiKeys: ApiKey[] }> {
   const config = configOverride ?? (await resolveConfig(flags));
   const host = flags.host ?? config.server?.host ?? '127.0.0.1';
   const port = integerFlag(flags, 'port') ?? config.server?.port ?? 8000;
   const envKeys = (process.env.KILN_API_KEYS ?? '').split(',').map((key) => key.trim()).filter((key) => key !== '');
-  const apiKeys = [...(config.server?.api_keys ?? []), ...envKeys, ...(flags['api-key'] ?? [])];
+  const apiKeys: ApiKey[] = [...(config.server?.api_keys ?? []), ...envKeys, ...(flags['api-key'] ?? [])].map((entry) =>
+    typeof entry === 'string' ? { key: entry, tier: 'pro' } : entry,
+  );
   if (!isLoopback(host) && apiKeys.length === 0 && !flags['insecure-no-auth']) {
     throw new ConfigError(`refusing to listen on ${host} without an API key: give --api-key (or KILN_API_KEYS), or --insecure-no-auth`);
   }
@@ -120,6 +123,7 @@ async function serve(flags: Flags, configOverride?: FileConfig): Promise<{ url: 
     service: kiln.service,
     apiKeys,
     ...(config.server?.body_limit_bytes !== undefined ? { bodyLimitBytes: config.server.body_limit_bytes } : {}),
+    ...(config.server?.request_timeout_ms !== undefined ? { requestTimeoutMs: config.server.request_timeout_ms } : {}),
     ...(flags['log-level'] !== undefined ? { logLevel: flags['log-level'] } : {}),
   });
   const url = await app.listen({ host, port });
@@ -151,7 +155,7 @@ async function demo(flags: Flags): Promise<void> {
   const { url, apiKeys } = await serve({ ...flags, 'log-level': flags['log-level'] ?? 'warn' }, { models: [{ id, file }] });
   const body = { model: id, messages: [{ role: 'user', content: 'Hello, Kiln!' }], max_tokens: 32 };
   const headers: Record<string, string> = { 'content-type': 'application/json' };
-  if (apiKeys[0] !== undefined) headers.authorization = `Bearer ${apiKeys[0]}`;
+  if (apiKeys[0] !== undefined) headers.authorization = `Bearer ${apiKeys[0].key}`;
   const response = await fetch(`${url}/v1/chat/completions`, { method: 'POST', headers, body: JSON.stringify(body) });
   process.stdout.write(`\nPOST ${url}/v1/chat/completions ${JSON.stringify(body)}\n→ HTTP ${response.status}\n`);
   process.stdout.write(`${JSON.stringify(await response.json(), null, 2)}\n`);

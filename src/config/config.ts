@@ -30,7 +30,10 @@ const configSchema = z.strictObject({
     .strictObject({
       host: z.string().min(1).optional(),
       port: z.int().min(0).max(65535).optional(),
-      api_keys: z.array(z.string().min(1)).optional(),
+      /** A plain key may use every model; `{key, tier: free}` may not use `Pro/` ids (403). */
+      api_keys: z.array(z.union([z.string().min(1), z.strictObject({ key: z.string().min(1), tier: z.enum(['free', 'pro']) })])).optional(),
+      /** A request still generating after this long ends with 504 (in-band when streaming). */
+      request_timeout_ms: z.int().min(1).optional(),
       max_choices: z.int().min(1).max(64).optional(),
       body_limit_bytes: z.int().min(1024).optional(),
     })

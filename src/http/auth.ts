@@ -1,13 +1,25 @@
 /** Bearer API keys. Comparison is constant-time so keys cannot be guessed byte by byte from response timing. */
 import { createHash, timingSafeEqual } from 'node:crypto';
+import type { Caller } from '../service/chat-service.js';
 import { KilnError } from '../errors/catalog.js';
+
+export interface ApiKey {
+  key: string;
+  /** `free` keys may not use `Pro/` model ids. */
+  tier: 'free' | 'pro';
+}
 
 const digest = (value: string) => createHash('sha256').update(value).digest();
 
-export function checkApiKey(authorization: string | undefined, keys: readonly string[]): void {
-  if (keys.length === 0) return;
+/** The caller a request's Authorization header names; with no keys configured every caller may use everything. */
+export function checkApiKey(authorization: string | undefined, keys: readonly ApiKey[]): Caller {
+  if (keys.length === 0) return { pro: true };
   const match = authorization === undefined ? null : /^Bearer\s+(\S+)\s*$/i.exec(authorization);
   if (match === null) throw new KilnError('missingApiKey');
   const given = digest(match[1]!);
-  if (!keys.some((key) => timingSafeEqual(digest(key), given))) throw new KilnError('invalidApiKey');
+  // Every key is compared, so the time taken does not tell which one matched.
+  let found: ApiKey | undefined;
+  for (const key of keys) if (timingSafeEqual(digest(key.key), given)) found ??= key;
+  if (found === undefined) throw new KilnError('invalidApiKey');
+  return { pro: found.tier === 'pro' };
 }

@@ -5,20 +5,23 @@
 import { randomUUID } from 'node:crypto';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { KilnError, errorBody, toKilnError } from '../errors/catalog.js';
-import type { ChatService } from '../service/chat-service.js';
-import { checkApiKey } from './auth.js';
+import type { Caller, ChatService } from '../service/chat-service.js';
+import { checkApiKey, type ApiKey } from './auth.js';
 import { writeEventStream } from './sse.js';
 
 export interface HttpOptions {
   service: ChatService;
   /** Empty: no authentication. */
-  apiKeys: readonly string[];
+  apiKeys: readonly ApiKey[];
+  /** A request still generating after this long ends with 504 (in-band when streaming). */
+  requestTimeoutMs?: number;
   bodyLimitBytes?: number;
   logLevel?: string;
 }
 
 const REQUEST_ID_HEADER = 'x-request-id';
 const REQUEST_ID_PATTERN = /^[\w.:-]{1,128}$/;
+const callers = new WeakMap<FastifyRequest, Caller>();
 
 export function buildHttpServer(options: HttpOptions): FastifyInstance {
   const app = Fastify({
@@ -42,7 +45,7 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
 
   app.addHook('onRequest', async (request, reply) => {
     reply.header(REQUEST_ID_HEADER, request.id);
-    if (request.url.startsWith('/v1/')) checkApiKey(request.headers.authorization, options.apiKeys);
+    if (request.url.startsWith('/v1/')) callers.set(request, checkApiKey(request.headers.authorization, options.apiKeys));
   });
 
   app.setErrorHandler((error: FastifyError | KilnError, request, reply) => sendError(request, reply, fromFastify(error)));
@@ -65,7 +68,9 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
     reply.raw.on('close', () => {
       if (!reply.raw.writableFinished) abort.abort(new Error('client disconnected'));
     });
-    const result = await options.service.create(request.body, abort.signal);
+    const timer = options.requestTimeoutMs === undefined ? undefined : setTimeout(() => abort.abort(new KilnError('timeout')), options.requestTimeoutMs);
+    reply.raw.on('close', () => clearTimeout(timer));
+    const result = await options.service.create(request.body, abort.signal, callers.get(request) ?? { pro: true });
     if (result.kind === 'json') return result.body;
     reply.hijack();
     await writeEventStream(reply.raw, request.id, result.chunks, (error) => {

@@ -25,6 +25,12 @@ export interface ChatServiceOptions {
   systemFingerprint: string;
 }
 
+/** Who is asking: what their API key allows. */
+export interface Caller {
+  /** May use `Pro/` model ids. */
+  pro: boolean;
+}
+
 export type ChatResult =
   | { kind: 'json'; body: ChatCompletionWire }
   | { kind: 'stream'; chunks: AsyncGenerator<ChatCompletionChunkWire, void, undefined> };
@@ -39,13 +45,16 @@ export class ChatService {
     return this.registry.list();
   }
 
-  async create(body: unknown, signal: AbortSignal): Promise<ChatResult> {
+  async create(body: unknown, signal: AbortSignal, caller: Caller = { pro: true }): Promise<ChatResult> {
     const request = normalizeChatRequest(body, { maxChoices: this.options.maxChoices });
     const { engine } = this.registry.resolve(request.model);
+    if (request.model.startsWith('Pro/') && !caller.pro) {
+      throw new KilnError('modelNotAllowed', { param: 'model', message: `This API key may not use '${request.model}' (a Pro tier model).` });
+    }
     this.checkCapabilities(request, engine.description.supportsImages);
     const run = await engine.start(request, signal);
     const meta = { id: randomBytes(16).toString('hex'), created: Math.floor(Date.now() / 1000), model: request.model };
-    if (request.stream) return { kind: 'stream', chunks: this.streamChunks(request, run, meta) };
+    if (request.stream) return { kind: 'stream', chunks: this.streamChunks(request, run, meta, signal) };
     try {
       return { kind: 'json', body: await this.complete(request, run, meta, signal) };
     } finally {
@@ -89,7 +98,7 @@ export class ChatService {
     };
   }
 
-  private async *streamChunks(request: ChatRequest, run: EngineRun, meta: ChunkMeta): AsyncGenerator<ChatCompletionChunkWire, void, undefined> {
+  private async *streamChunks(request: ChatRequest, run: EngineRun, meta: ChunkMeta, signal: AbortSignal): AsyncGenerator<ChatCompletionChunkWire, void, undefined> {
     const base = { id: meta.id, object: 'chat.completion.chunk' as const, created: meta.created, model: meta.model, system_fingerprint: this.options.systemFingerprint };
     try {
       for (let index = 0; index < request.n; index++) {
@@ -109,7 +118,11 @@ export class ChatService {
         const finalUsage = unfinished === 0 ? { usage: usage(run, finishes) } : {};
         yield { ...base, choices: [{ index, delta: {}, finish_reason: update.finishReason }], ...finalUsage };
       }
-      if (unfinished > 0) return; // aborted: nobody is listening
+      if (unfinished > 0) {
+        // Aborted: a timeout is reported in-band; a client that went away is not listening.
+        if (signal.reason instanceof KilnError) throw signal.reason;
+        return;
+      }
       if (request.includeUsage) yield { ...base, choices: [], usage: usage(run, finishes) };
     } finally {
       run.dispose();

@@ -42,3 +42,68 @@ test('quick mode serves one file under its file name; KILN_API_KEYS is honoured'
     await kiln.stop();
   }
 });
+
+test('key tiers: a free key gets 403 on Pro/ ids and is served the free id; --api-key keys may use both', async () => {
+  const model = await ensureTinyModel();
+  const config = await writeConfig({
+    server: { api_keys: [{ key: 'free-key', tier: 'free' }, { key: 'pro-key', tier: 'pro' }] },
+    models: [
+      { id: 'Qwen/Qwen2.5-7B-Instruct', file: model },
+      { id: 'Pro/Qwen/Qwen2.5-7B-Instruct', file: model },
+    ],
+  });
+  const kiln = await startKiln(['--config', config, '--api-key', 'cli-key']);
+  try {
+    const ask = (key: string, id: string) =>
+      fetch(`${kiln.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model: id, messages: [{ role: 'user', content: 'hi' }], max_tokens: 2 }),
+      });
+    const denied = await ask('free-key', 'Pro/Qwen/Qwen2.5-7B-Instruct');
+    assert.equal(denied.status, 403);
+    const body = (await denied.json()) as { code: number; error: { type: string; param: string } };
+    assert.equal(body.error.type, 'permission_error');
+    assert.equal(body.error.param, 'model');
+    assert.equal(typeof body.code, 'number');
+    assert.equal((await ask('free-key', 'Qwen/Qwen2.5-7B-Instruct')).status, 200);
+    assert.equal((await ask('pro-key', 'Pro/Qwen/Qwen2.5-7B-Instruct')).status, 200);
+    assert.equal((await ask('cli-key', 'Pro/Qwen/Qwen2.5-7B-Instruct')).status, 200);
+    // The openai client maps it to its PermissionDeniedError.
+    const client = new OpenAI({ baseURL: `${kiln.url}/v1`, apiKey: 'free-key', maxRetries: 0 });
+    await assert.rejects(
+      client.chat.completions.create({ model: 'Pro/Qwen/Qwen2.5-7B-Instruct', messages: [{ role: 'user', content: 'hi' }] }),
+      (error: unknown) => error instanceof OpenAI.PermissionDeniedError,
+    );
+  } finally {
+    await kiln.stop();
+  }
+});
+
+test('server.request_timeout_ms: a generation still running ends with 504, in-band when streaming', async () => {
+  const model = await ensureTinyModel({ neverEnd: true });
+  const config = await writeConfig({ server: { request_timeout_ms: 300 }, models: [{ id: 'slow', file: model, parallel: 2 }] });
+  const kiln = await startKiln(['--config', config]);
+  try {
+    const body = { model: 'slow', messages: [{ role: 'user', content: 'hi' }], max_tokens: 3000 };
+    const whole = await fetch(`${kiln.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    assert.equal(whole.status, 504);
+    const error = (await whole.json()) as { error: { type: string } };
+    assert.equal(error.error.type, 'timeout_error');
+
+    const streamed = await fetch(`${kiln.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ ...body, stream: true }),
+    });
+    assert.equal(streamed.status, 200);
+    const text = await streamed.text();
+    const last = text.trim().split('\n\n').pop()!;
+    assert.match(last, /^data: \{"code":50507.*"type":"timeout_error"/);
+    // Short requests are unaffected.
+    const quick = await fetch(`${kiln.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...body, max_tokens: 2 }) });
+    assert.equal(quick.status, 200);
+  } finally {
+    await kiln.stop();
+  }
+});

@@ -203,3 +203,21 @@ describe('loadConfigFile', () => {
     await assert.rejects(loadConfigFile(path), (error: unknown) => error instanceof ConfigError && error.message.includes(path));
   });
 });
+
+describe('api keys and the example config', () => {
+  test('keys are plain strings or {key, tier}; a bad tier is named', () => {
+    const config = parse(`server:\n  api_keys: [sk-one, {key: sk-free, tier: free}]\n  request_timeout_ms: 1000\n${ONE_MODEL}`);
+    assert.deepEqual(config.server?.api_keys, ['sk-one', { key: 'sk-free', tier: 'free' }]);
+    assert.equal(config.server?.request_timeout_ms, 1000);
+    rejects(`server:\n  api_keys: [{key: sk-x, tier: gold}]\n${ONE_MODEL}`, /server\.api_keys\[0\]/);
+  });
+
+  test("examples/kiln.yaml parses and lists the seed's 32 model ids", async () => {
+    const config = await loadConfigFile(resolve(import.meta.dirname, '../../examples/kiln.yaml'));
+    const ids = config.models.map((model) => model.id);
+    assert.equal(new Set(ids).size, 32);
+    for (const id of ['Qwen/QwQ-32B', 'Pro/deepseek-ai/DeepSeek-R1', 'Vendor-A/Qwen/Qwen2.5-72B-Instruct', 'Pro/THUDM/glm-4-9b-chat', 'TeleAI/TeleChat2']) {
+      assert.ok(ids.includes(id), id);
+    }
+  });
+});
