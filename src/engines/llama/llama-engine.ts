@@ -23,7 +23,7 @@ import { IncrementalDetokenizer } from './detokenizer.js';
 import { OutputSteering, type GrammarName } from './output-steering.js';
 import { getRuntime, usableCores } from './runtime.js';
 import { SequencePool, type Lease, type QueueSettings } from './sequence-pool.js';
-import { StepBarrier } from './step-barrier.js';
+import { StepBarrier, type StepMember } from './step-barrier.js';
 import { sequenceOrderedStrategy } from './batch-order.js';
 
 export interface LlamaEngineSettings {
@@ -209,10 +209,15 @@ class LlamaRun implements EngineRun {
     if (lease === undefined || this.started[index]) throw new Error(`choice ${index} is not available`);
     this.started[index] = true;
     const { sequence } = lease;
+    let member: StepMember | undefined;
     try {
       this.signal.throwIfAborted();
+      // Joined before the erase below, which may wait for the running decode: the others' next step waits for this
+      // prompt instead of leaving without it (step-barrier.ts).
+      member = this.barrier.join();
       const cached = this.reusable(lease);
-      await sequence.eraseContextTokenRanges([{ start: cached, end: sequence.nextTokenIndex }]);
+      // The erase takes node-llama-cpp's context lock even when there is nothing to erase.
+      if (cached < sequence.nextTokenIndex) await sequence.eraseContextTokenRanges([{ start: cached, end: sequence.nextTokenIndex }]);
       const detokenizer = new IncrementalDetokenizer(this.model);
       const generated: Token[] = [];
       const steering = new OutputSteering({
@@ -227,6 +232,7 @@ class LlamaRun implements EngineRun {
         // llama.cpp's logits differ in the last bits between a token decoded inside a prompt batch and one decoded on
         // its own (as after a prefix-cache hit). With a seed the client expects the same output every time, so the
         // token that starts generation is always decoded on its own.
+        member.prefilling();
         await sequence.evaluateWithoutGeneratingNewTokens(input.slice(0, -1));
         input = input.slice(-1);
       }
@@ -235,7 +241,6 @@ class LlamaRun implements EngineRun {
         // Read before every sampled token, so steering can switch grammars mid-generation.
         grammarEvaluationState: () => grammarState,
       });
-      const member = this.barrier.join();
       let nextInput: Token[] | undefined;
       try {
         for (;;) {
@@ -270,12 +275,13 @@ class LlamaRun implements EngineRun {
           }
         }
       } finally {
-        member.leave();
+        member.leave(); // before the generator's cleanup, which may wait for the context
         await tokens.return();
       }
       yield { type: 'text', text: detokenizer.flush(), tokens: 0 };
       yield { type: 'end', reason: 'eog' };
     } finally {
+      member?.leave(); // when it failed before generating
       this.pool.release(sequence);
     }
   }

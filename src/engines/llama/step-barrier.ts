@@ -15,10 +15,13 @@
  * that way fall back into step at the next release, because waiting members also wait for members mid-step.
  *
  * A new request's prompt joins the same release, so it is decoded in the same batch as the others' next tokens
- * instead of alone just before them. When nothing is generating, the first prompt waits `gatherMs` for others:
- * requests sent together reach the server a few milliseconds apart, and a prompt decoded alone makes every later
- * one wait a whole prefill for its first token (measured: 8 concurrent streams, TTFT p50 1.8 s → see
- * docs/architecture.md).
+ * instead of alone just before them. A request joins as soon as it holds its sequence, and the others wait for it
+ * while it prepares (erasing the sequence's stale cache waits for node-llama-cpp's context lock, which the decode
+ * loop holds for as long as steps keep coming: released members would keep the lock busy and push the new prompt
+ * back step after step). When nothing is generating, prompts wait for each other: requests sent together reach the
+ * server up to tens of milliseconds apart, and a prompt decoded alone makes every later one wait a whole prefill for
+ * its first token. The gathering ends `gatherMs` after the latest arrival, or `maxGatherMs` after the first
+ * (docs/architecture.md).
  */
 type State = 'new' | 'prefill' | 'step' | 'consumer' | 'waiting';
 
@@ -35,6 +38,11 @@ export class StepMember {
     return this.barrier.arrive(this);
   }
 
+  /** Call before evaluating part of the prompt outside the barrier (a long decode the others need not wait for). */
+  prefilling(): void {
+    this.state = 'prefill';
+  }
+
   /** Call when the engine returned the token: the member is now with its consumer. */
   afterStep(): void {
     this.state = 'consumer';
@@ -49,21 +57,25 @@ export class StepBarrier {
   private readonly members = new Set<StepMember>();
   private timer: NodeJS.Timeout | undefined;
   private gathering: NodeJS.Timeout | undefined;
+  private gatherStartedAt = 0;
 
   constructor(
     private readonly maxWaitMs = 100,
     private readonly gatherMs = 15,
     private readonly prefillGraceMs = 4,
+    private readonly maxGatherMs = 100,
   ) {}
 
   join(): StepMember {
     const member = new StepMember(this);
     this.members.add(member);
+    // Another request is on its way while prompts gather: give it its `gatherMs` too.
+    if (this.gathering !== undefined) this.gather();
     return member;
   }
 
   leave(member: StepMember): void {
-    this.members.delete(member);
+    if (!this.members.delete(member)) return;
     member.release?.();
     this.releaseIfReady();
   }
@@ -75,11 +87,19 @@ export class StepBarrier {
       member.release = resolve;
       if (member.firstStep && this.idle()) {
         // Nothing is running: give prompts sent at the same time a moment to arrive and share the decode.
-        this.gathering ??= setTimeout(() => this.release(), this.gatherMs);
+        if (this.gathering === undefined) this.gatherStartedAt = performance.now();
+        this.gather();
         return;
       }
       if (!this.releaseIfReady()) this.timer ??= setTimeout(() => this.release(), this.maxWaitMs);
     });
+  }
+
+  /** (Re)starts the gathering timer: `gatherMs` from now, but not past `maxGatherMs` from its start. */
+  private gather(): void {
+    clearTimeout(this.gathering);
+    const left = this.gatherStartedAt + this.maxGatherMs - performance.now();
+    this.gathering = setTimeout(() => this.release(), Math.max(0, Math.min(this.gatherMs, left)));
   }
 
   /** No member is generating or evaluating a prompt; only new prompts wait (if any). */
@@ -96,7 +116,7 @@ export class StepBarrier {
     let prefilling = false;
     for (const member of this.members) {
       if (member.state === 'waiting') waiting++;
-      else if (member.state === 'step' || member.state === 'consumer') return false;
+      else if (member.state === 'step' || member.state === 'consumer' || member.state === 'new') return false;
       else if (member.state === 'prefill') prefilling = true;
     }
     if (waiting === 0) return false;
