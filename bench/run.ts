@@ -98,7 +98,10 @@ async function concurrentRound(target: Target, concurrency: number, round: numbe
   const started = performance.now();
   const results = await Promise.allSettled(
     Array.from({ length: concurrency }, (_, i) =>
-      streamOnce(target, [SYSTEM, { role: 'user', content: `Request ${round}.${i}: ${text(48, round * 100 + i)}` }], MAX_TOKENS, round * 100 + i),
+      // Every level and round gets prompts of its own: a prompt seen before would be a prefix-cache hit for whichever
+      // server still holds it (llama-server keeps up to 8 old prompts in its least recently used slots, Kiln packs
+      // requests into its low slots), and TTFT here measures prefill under concurrency, not cache luck.
+      streamOnce(target, [SYSTEM, { role: 'user', content: `Request ${concurrency}.${round}.${i}: ${text(48, concurrency * 10_000 + round * 100 + i)}` }], MAX_TOKENS, round * 100 + i),
     ),
   );
   const seconds = (performance.now() - started) / 1000;
