@@ -241,41 +241,54 @@ class LlamaRun implements EngineRun {
         // Read before every sampled token, so steering can switch grammars mid-generation.
         grammarEvaluationState: () => grammarState,
       });
-      let nextInput: Token[] | undefined;
+      // One step: wait for the barrier, decode, sample. The next step is queued before the current token goes to the
+      // consumer (post-processing, SSE), so that work overlaps the decode instead of delaying it.
+      const step = (input: Token[] | undefined) =>
+        member!.beforeStep().then(async () => {
+          const result = await tokens.next(input);
+          member!.afterStep();
+          return result;
+        });
+      let pending: Promise<IteratorResult<Token, unknown>> | undefined = step(undefined);
       try {
         for (;;) {
-          await member.beforeStep();
-          const step = await tokens.next(nextInput);
-          member.afterStep();
-          nextInput = undefined;
-          if (step.done === true) break;
-          generated.push(step.value);
-          const text = detokenizer.push(step.value);
-          yield { type: 'text', text, tokens: 1 };
+          const result: IteratorResult<Token, unknown> = await pending!;
+          pending = undefined;
+          if (result.done === true) break;
+          generated.push(result.value);
+          const text = detokenizer.push(result.value);
           if (generated.length >= this.maxTokens) {
+            yield { type: 'text', text, tokens: 1 };
             yield { type: 'text', text: detokenizer.flush(), tokens: 0 };
             yield { type: 'end', reason: 'length' };
             return;
           }
           if (this.signal.aborted) return;
           const change = steering.afterToken(text);
-          if (change === undefined) continue;
-          grammarState = this.grammarState(change.grammar);
-          if (change.inject !== undefined) {
-            // Kiln writes these tokens itself: they are evaluated after the sampled one, and count as output.
-            const injected = this.model.tokenize(change.inject, true);
-            const room = Math.min(injected.length, this.maxTokens - generated.length);
-            yield { type: 'text', text: detokenizer.flush() + this.model.detokenize(injected.slice(0, room), true), tokens: room };
-            generated.push(...injected.slice(0, room));
-            if (generated.length >= this.maxTokens) {
-              yield { type: 'end', reason: 'length' };
-              return;
-            }
-            nextInput = [step.value, ...injected];
+          if (change !== undefined) grammarState = this.grammarState(change.grammar);
+          if (change?.inject === undefined) {
+            pending = step(undefined);
+            yield { type: 'text', text, tokens: 1 };
+            continue;
+          }
+          // Kiln writes these tokens itself: they are evaluated after the sampled one, and count as output.
+          const injected = this.model.tokenize(change.inject, true);
+          const room = Math.min(injected.length, this.maxTokens - generated.length);
+          const injectedText = detokenizer.flush() + this.model.detokenize(injected.slice(0, room), true);
+          generated.push(...injected.slice(0, room));
+          const full = generated.length >= this.maxTokens;
+          if (!full) pending = step([result.value, ...injected]);
+          yield { type: 'text', text, tokens: 1 };
+          yield { type: 'text', text: injectedText, tokens: room };
+          if (full) {
+            yield { type: 'end', reason: 'length' };
+            return;
           }
         }
       } finally {
         member.leave(); // before the generator's cleanup, which may wait for the context
+        // A step queued ahead for a consumer that stopped reading: let it finish (its error, if any, is moot).
+        await pending?.catch(() => undefined);
         await tokens.return();
       }
       yield { type: 'text', text: detokenizer.flush(), tokens: 0 };
