@@ -18,10 +18,8 @@
  * instead of alone just before them. A request joins as soon as it holds its sequence, and the others wait for it
  * while it prepares (erasing the sequence's stale cache waits for node-llama-cpp's context lock, which the decode
  * loop holds for as long as steps keep coming: released members would keep the lock busy and push the new prompt
- * back step after step). When nothing is generating, prompts wait for each other: requests sent together reach the
- * server up to tens of milliseconds apart, and a prompt decoded alone makes every later one wait a whole prefill for
- * its first token. The gathering ends `gatherMs` after the latest arrival, or `maxGatherMs` after the first
- * (docs/architecture.md).
+ * back step after step). Prompts are not held back for each other: they are prefilled one after another anyway
+ * (batch-order.ts), so the first one to arrive starts at once.
  */
 type State = 'new' | 'prefill' | 'step' | 'consumer' | 'waiting';
 
@@ -56,21 +54,15 @@ export class StepMember {
 export class StepBarrier {
   private readonly members = new Set<StepMember>();
   private timer: NodeJS.Timeout | undefined;
-  private gathering: NodeJS.Timeout | undefined;
-  private gatherStartedAt = 0;
 
   constructor(
     private readonly maxWaitMs = 100,
-    private readonly gatherMs = 15,
     private readonly prefillGraceMs = 4,
-    private readonly maxGatherMs = 100,
   ) {}
 
   join(): StepMember {
     const member = new StepMember(this);
     this.members.add(member);
-    // Another request is on its way while prompts gather: give it its `gatherMs` too.
-    if (this.gathering !== undefined) this.gather();
     return member;
   }
 
@@ -85,33 +77,11 @@ export class StepBarrier {
       member.firstStep = member.state === 'new';
       member.state = 'waiting';
       member.release = resolve;
-      if (member.firstStep && this.idle()) {
-        // Nothing is running: give prompts sent at the same time a moment to arrive and share the decode.
-        if (this.gathering === undefined) this.gatherStartedAt = performance.now();
-        this.gather();
-        return;
-      }
       if (!this.releaseIfReady()) this.timer ??= setTimeout(() => this.release(), this.maxWaitMs);
     });
   }
 
-  /** (Re)starts the gathering timer: `gatherMs` from now, but not past `maxGatherMs` from its start. */
-  private gather(): void {
-    clearTimeout(this.gathering);
-    const left = this.gatherStartedAt + this.maxGatherMs - performance.now();
-    this.gathering = setTimeout(() => this.release(), Math.max(0, Math.min(this.gatherMs, left)));
-  }
-
-  /** No member is generating or evaluating a prompt; only new prompts wait (if any). */
-  private idle(): boolean {
-    for (const member of this.members) {
-      if (member.state === 'waiting' ? !member.firstStep : member.state !== 'new') return false;
-    }
-    return true;
-  }
-
   private releaseIfReady(): boolean {
-    if (this.gathering !== undefined) return false;
     let waiting = 0;
     let prefilling = false;
     for (const member of this.members) {
@@ -132,9 +102,7 @@ export class StepBarrier {
 
   private release(): void {
     clearTimeout(this.timer);
-    clearTimeout(this.gathering);
     this.timer = undefined;
-    this.gathering = undefined;
     for (const member of this.members) {
       if (member.state !== 'waiting') continue;
       // A prompt's evaluation spans several decodes: the others are not held for it.
