@@ -243,8 +243,11 @@ class LlamaRun implements EngineRun {
       });
       // One step: wait for the barrier, decode, sample. The next step is queued before the current token goes to the
       // consumer (post-processing, SSE), so that work overlaps the decode instead of delaying it.
+      let stopped = false;
       const step = (input: Token[] | undefined) =>
-        member!.beforeStep().then(async () => {
+        member!.beforeStep().then(async (): Promise<IteratorResult<Token, unknown>> => {
+          // The consumer stopped reading while this step waited for the barrier: no decode for nobody.
+          if (stopped) return { done: true, value: undefined };
           const result = await tokens.next(input);
           member!.afterStep();
           return result;
@@ -286,8 +289,9 @@ class LlamaRun implements EngineRun {
           }
         }
       } finally {
+        stopped = true;
         member.leave(); // before the generator's cleanup, which may wait for the context
-        // A step queued ahead for a consumer that stopped reading: let it finish (its error, if any, is moot).
+        // A step queued ahead for a consumer that stopped reading: let it settle (its error, if any, is moot).
         await pending?.catch(() => undefined);
         await tokens.return();
       }
