@@ -244,14 +244,18 @@ class LlamaRun implements EngineRun {
       // One step: wait for the barrier, decode, sample. The next step is queued before the current token goes to the
       // consumer (post-processing, SSE), so that work overlaps the decode instead of delaying it.
       let stopped = false;
-      const step = (input: Token[] | undefined) =>
-        member!.beforeStep().then(async (): Promise<IteratorResult<Token, unknown>> => {
+      const step = (input: Token[] | undefined) => {
+        const next = member!.beforeStep().then(async (): Promise<IteratorResult<Token, unknown>> => {
           // The consumer stopped reading while this step waited for the barrier: no decode for nobody.
           if (stopped) return { done: true, value: undefined };
           const result = await tokens.next(input);
           member!.afterStep();
           return result;
         });
+        // Awaited later (its error then surfaces there); a failure while the consumer is busy is not unhandled.
+        next.catch(() => undefined);
+        return next;
+      };
       let pending: Promise<IteratorResult<Token, unknown>> | undefined = step(undefined);
       try {
         for (;;) {
