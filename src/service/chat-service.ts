@@ -114,8 +114,10 @@ export class ChatService {
         }
         finishes.push(update);
         unfinished--;
-        // SiliconFlow sends usage on the final chunk; OpenAI clients ask for a separate one (below).
-        const finalUsage = unfinished === 0 ? { usage: usage(run, finishes) } : {};
+        // Usage is sent once per stream: SiliconFlow's way on the final chunk, or, when the client asks for it
+        // (`stream_options.include_usage`), OpenAI's way in a chunk of its own after it. Sending both double-counts in
+        // clients that add up the usage of every chunk (LangChain's streamed messages do).
+        const finalUsage = unfinished === 0 && !request.includeUsage ? { usage: usage(run, finishes) } : {};
         yield { ...base, choices: [{ index, delta: {}, finish_reason: update.finishReason }], ...finalUsage };
       }
       if (unfinished > 0) {

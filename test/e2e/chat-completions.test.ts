@@ -148,6 +148,8 @@ describe('streaming', () => {
     const last = chunks[chunks.length - 1]!;
     assert.deepEqual(last.choices, []);
     assert.ok(last.usage && last.usage.completion_tokens >= 1 && last.usage.completion_tokens <= 10);
+    // Exactly one chunk carries usage: clients that sum every chunk's usage (LangChain) must not count it twice.
+    assert.equal(chunks.filter((chunk) => chunk.usage).length, 1);
     assert.equal(last.usage.total_tokens, last.usage.prompt_tokens + last.usage.completion_tokens);
   });
 
@@ -163,6 +165,7 @@ describe('streaming', () => {
     const final = chunks[chunks.length - 1];
     assert.ok(final.choices[0].finish_reason);
     assert.equal(final.usage.total_tokens, final.usage.prompt_tokens + final.usage.completion_tokens);
+    assert.equal(chunks.filter((chunk) => chunk.usage).length, 1);
   });
 
   test('a client that disconnects mid-stream frees its sequence', async () => {
