@@ -166,7 +166,7 @@ describe('tools', () => {
     });
     // A random-weight model may end its turn (or open another call) within 8 tokens: any regular finish is an answer.
     assert.ok(['length', 'stop', 'tool_calls'].includes(completion.choices[0]!.finish_reason), completion.choices[0]!.finish_reason);
-    assert.ok(completion.usage!.completion_tokens >= 1 && completion.usage!.completion_tokens <= 8);
+    assert.ok(completion.usage!.completion_tokens <= 8);
     assert.ok(completion.usage!.prompt_tokens > 100, 'the tools, the call and its result are in the prompt');
   });
 
