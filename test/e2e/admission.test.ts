@@ -9,7 +9,7 @@ const MODEL = 'tiny';
 
 before(async () => {
   const file = await ensureTinyModel({ neverEnd: true });
-  const config = await writeConfig({ models: [{ id: MODEL, file, parallel: 1, queue_depth: 1, queue_wait_ms: 1500, context_size: 4096 }] });
+  const config = await writeConfig({ models: [{ id: MODEL, file, parallel: 1, queue_depth: 1, queue_wait_ms: 1500, context_size: 16384 }] });
   kiln = await startKiln(['--config', config]);
 });
 
@@ -20,8 +20,9 @@ const post = (maxTokens: number, signal?: AbortSignal) =>
   fetch(`${kiln.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: body(maxTokens), ...(signal ? { signal } : {}) });
 
 test('a full queue answers 429 with Retry-After at once, a wait past the deadline 503, while the running request finishes', async () => {
-  // Holds the only sequence (the model never ends a turn by itself, so this runs for 4000 tokens).
-  const running = await post(4000);
+  // Holds the only sequence (the model never ends a turn by itself, so this runs for 16,000 tokens: several seconds
+  // even at the tiny model's ~3,000 tokens/s, well past the 1.5 s queue deadline).
+  const running = await post(16_000);
   assert.equal(running.status, 200);
   const queued = post(1); // waits in the queue (depth 1)
   await new Promise((resolve) => setTimeout(resolve, 200));
