@@ -9,7 +9,7 @@
  * The strategy only sees the batch items, so the ids are read from the context's queue, which lists the same decodes
  * in the same order (an internal field of the pinned node-llama-cpp 3.21.1; without it the order is left as is).
  */
-import type { BatchItem, CustomBatchingPrioritizationStrategy, LlamaContext, PrioritizedBatchItem } from 'node-llama-cpp';
+import type { BatchItem, CustomBatchingPrioritizationStrategy, LlamaContext, PrioritizedBatchItem, Token } from 'node-llama-cpp';
 
 type QueueView = { _queuedDecodes?: ReadonlyArray<{ sequenceId?: number }> };
 
@@ -25,17 +25,23 @@ export function sequenceOrderedStrategy(context: () => LlamaContext | undefined)
 
 /** Items this short (a generation step, injected tokens, the rest of a cached prompt) always go in whole. */
 const SMALL_ITEM = 16;
-/** Prompts are added to a decode, in queue order, until it holds at least this many prompt tokens. */
+/** Prompts are added to a decode until it holds at least this many prompt tokens. */
 const PROMPT_TOKENS_PER_DECODE = 64;
+/** A prompt passed over this many times goes first: shorter prompts cannot hold a long one back for ever. */
+const MAX_TIMES_PASSED_OVER = 8;
+
+/** How often each waiting prompt (by its token array, which node-llama-cpp keeps until it decodes part of it) was passed over. */
+const passedOver = new WeakMap<readonly Token[], number>();
 
 /**
- * Every generating sequence advances one token per decode; prompts are prefilled one after another, in the order
- * they were queued, rather than all together. Prompt processing is compute-bound (about 4 ms per token on the 2-core
- * VM whether 75 or 600 tokens are decoded at once), so in a burst of 8 prompts decoded together all 8 get their first
- * token after the whole prefill, while decoded one by one the first has its token after an eighth of it: the median
- * time to first token halves and the last one is unchanged (measured: pairs gave a higher median and no more
- * tokens/s). Prompts shorter than 64 tokens (cache hits) are grouped so that no decode is spent on a few tokens; a
- * prompt longer than the batch continues in the next decode ahead of later ones.
+ * Every generating sequence advances one token per decode; prompts are prefilled one after another rather than all
+ * together, shortest first. Prompt processing is compute-bound (about 4 ms per token on the 2-core VM whether 75 or
+ * 600 tokens are decoded at once), so in a burst of 8 prompts decoded together all 8 get their first token after the
+ * whole prefill, while decoded one by one the first has its token after an eighth of it: the median time to first
+ * token halves and the last one is unchanged (measured: pairs gave a higher median and no more tokens/s). Shortest
+ * first, a question sent while a long document is being prefilled is answered without waiting for it; a prompt passed
+ * over 8 times goes first. Prompts shorter than 64 tokens (cache hits) are grouped so that no decode is spent on a few
+ * tokens; a prompt longer than the batch continues in the next decode.
  */
 function shareTokens(items: readonly BatchItem[], size: number): PrioritizedBatchItem[] {
   const result: PrioritizedBatchItem[] = [];
@@ -47,10 +53,16 @@ function shareTokens(items: readonly BatchItem[], size: number): PrioritizedBatc
     result.push({ item, processAmount: amount });
     left -= amount;
   }
+  const prompts = items
+    .filter((item) => item.tokens.length > SMALL_ITEM)
+    .map((item, order) => ({ item, order, starving: (passedOver.get(item.tokens) ?? 0) >= MAX_TIMES_PASSED_OVER }))
+    .sort((a, b) => Number(b.starving) - Number(a.starving) || a.item.tokens.length - b.item.tokens.length || a.order - b.order);
   let promptTokens = 0;
-  for (const item of items) {
-    if (left === 0 || promptTokens >= PROMPT_TOKENS_PER_DECODE) break;
-    if (item.tokens.length <= SMALL_ITEM) continue;
+  for (const { item } of prompts) {
+    if (left === 0 || promptTokens >= PROMPT_TOKENS_PER_DECODE) {
+      passedOver.set(item.tokens, (passedOver.get(item.tokens) ?? 0) + 1);
+      continue;
+    }
     const amount = Math.min(item.tokens.length, left);
     result.push({ item, processAmount: amount });
     left -= amount;

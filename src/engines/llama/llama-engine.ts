@@ -45,6 +45,8 @@ export interface LlamaEngineSettings {
 const DEFAULT_CONTEXT_CAP = 4096;
 /** Compiled grammars kept for requests that repeat a schema (most clients send the same tools every time). */
 const GRAMMAR_CACHE_SIZE = 64;
+/** Prompt tokens evaluated per piece of a long prompt (see LlamaRun.choice). */
+const PREFILL_CHUNK = 256;
 /** Frequency/presence penalties look back this many generated tokens. */
 const PENALTY_WINDOW = 256;
 
@@ -228,14 +230,20 @@ class LlamaRun implements EngineRun {
       });
       let grammarState = this.grammarState(steering.initialGrammar);
       let input = this.prompt.slice(cached);
-      if (this.request.sampling.seedExplicit && input.length > 1) {
-        // llama.cpp's logits differ in the last bits between a token decoded inside a prompt batch and one decoded on
-        // its own (as after a prefix-cache hit). With a seed the client expects the same output every time, so the
-        // token that starts generation is always decoded on its own.
-        member.prefilling();
-        await sequence.evaluateWithoutGeneratingNewTokens(input.slice(0, -1));
-        input = input.slice(-1);
+      // llama.cpp's logits differ in the last bits between a token decoded inside a prompt batch and one decoded on
+      // its own (as after a prefix-cache hit). With a seed the client expects the same output every time, so the
+      // token that starts generation is then always decoded on its own.
+      const last = this.request.sampling.seedExplicit ? 1 : PREFILL_CHUNK;
+      // A long prompt goes in pieces, each through the barrier: between two pieces node-llama-cpp's decode loop lets go
+      // of the context, so a request that arrives meanwhile can erase its sequence's stale cache and queue its prompt,
+      // and a short prompt is prefilled before the rest of a long one (batch-order.ts) instead of waiting seconds.
+      while (input.length > last) {
+        const piece = input.slice(0, Math.min(PREFILL_CHUNK, input.length - last));
+        await member.beforePrefill();
+        await sequence.evaluateWithoutGeneratingNewTokens(piece);
+        input = input.slice(piece.length);
       }
+      if (input.length > 1) member.expectPrompt(); // the first step still evaluates prompt tokens
       const tokens = sequence.evaluate(input, {
         ...this.samplingOptions(generated, index),
         // Read before every sampled token, so steering can switch grammars mid-generation.

@@ -36,9 +36,15 @@ export class StepMember {
     return this.barrier.arrive(this);
   }
 
-  /** Call before evaluating part of the prompt outside the barrier (a long decode the others need not wait for). */
-  prefilling(): void {
-    this.state = 'prefill';
+  /** The next step evaluates a piece of the prompt: it is released like a prompt, which the others do not wait for. */
+  expectPrompt(): void {
+    this.state = 'new';
+  }
+
+  /** Call before evaluating a piece of the prompt without sampling (see expectPrompt). */
+  beforePrefill(): Promise<void> {
+    this.expectPrompt();
+    return this.barrier.arrive(this);
   }
 
   /** Call when the engine returned the token: the member is now with its consumer. */
