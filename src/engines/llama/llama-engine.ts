@@ -242,6 +242,7 @@ class LlamaRun implements EngineRun {
         await member.beforePrefill();
         await sequence.evaluateWithoutGeneratingNewTokens(piece);
         input = input.slice(piece.length);
+        this.signal.throwIfAborted(); // a client gone during a long prefill frees its sequence after this piece
       }
       if (input.length > 1) member.expectPrompt(); // the first step still evaluates prompt tokens
       const tokens = sequence.evaluate(input, {
