@@ -74,6 +74,11 @@ export interface ChatRequest {
   user: string | undefined;
 }
 
+/** `Pro/` ids are the same model on SiliconFlow's paid tier: served with priority, and only to keys of that tier. */
+export function isProModel(modelId: string): boolean {
+  return modelId.startsWith('Pro/');
+}
+
 /** The tools the model may call in this request: none when `tool_choice` is "none". */
 export function offeredTools(request: Pick<ChatRequest, 'tools' | 'toolChoice'>): readonly ToolDefinition[] {
   return request.toolChoice.type === 'none' ? [] : request.tools;

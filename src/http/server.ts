@@ -64,12 +64,12 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
 
   app.post('/v1/chat/completions', async (request, reply) => {
     const abort = new AbortController();
-    // The response closing before it finished means the client went away: stop generating.
+    const timer = options.requestTimeoutMs === undefined ? undefined : setTimeout(() => abort.abort(new KilnError('timeout')), options.requestTimeoutMs);
     reply.raw.on('close', () => {
+      clearTimeout(timer);
+      // The response closing before it finished means the client went away: stop generating.
       if (!reply.raw.writableFinished) abort.abort(new Error('client disconnected'));
     });
-    const timer = options.requestTimeoutMs === undefined ? undefined : setTimeout(() => abort.abort(new KilnError('timeout')), options.requestTimeoutMs);
-    reply.raw.on('close', () => clearTimeout(timer));
     const result = await options.service.create(request.body, abort.signal, callers.get(request) ?? { pro: true });
     if (result.kind === 'json') return result.body;
     reply.hijack();

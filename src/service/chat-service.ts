@@ -4,7 +4,7 @@
  * before `create` returns; a stream can then only fail mid-way (the transport reports that in-band).
  */
 import { randomBytes } from 'node:crypto';
-import { offeredTools, type ChatRequest } from '../core/chat-request.js';
+import { isProModel, offeredTools, type ChatRequest } from '../core/chat-request.js';
 import type { EngineRun } from '../core/engine.js';
 import { mergeIterators } from '../core/merge-iterators.js';
 import { normalizeChatRequest } from '../core/normalize-request.js';
@@ -48,7 +48,7 @@ export class ChatService {
   async create(body: unknown, signal: AbortSignal, caller: Caller = { pro: true }): Promise<ChatResult> {
     const request = normalizeChatRequest(body, { maxChoices: this.options.maxChoices });
     const { engine } = this.registry.resolve(request.model);
-    if (request.model.startsWith('Pro/') && !caller.pro) {
+    if (isProModel(request.model) && !caller.pro) {
       throw new KilnError('modelNotAllowed', { param: 'model', message: `This API key may not use '${request.model}' (a Pro tier model).` });
     }
     this.checkCapabilities(request, engine.description.supportsImages);

@@ -14,7 +14,7 @@ import {
   type SequenceEvaluateOptions,
   type Token,
 } from 'node-llama-cpp';
-import { offeredTools, type ChatRequest } from '../../core/chat-request.js';
+import { isProModel, offeredTools, type ChatRequest } from '../../core/chat-request.js';
 import type { ChatEngine, EngineDescription, EngineEvent, EngineRun, ReasoningMode } from '../../core/engine.js';
 import { requestGrammars, type RequestGrammars } from '../../core/grammar/request-grammar.js';
 import { KilnError } from '../../errors/catalog.js';
@@ -23,7 +23,7 @@ import { IncrementalDetokenizer } from './detokenizer.js';
 import { OutputSteering, type GrammarName } from './output-steering.js';
 import { getRuntime, usableCores } from './runtime.js';
 import { SequencePool, type Lease, type QueueSettings } from './sequence-pool.js';
-import { StepBarrier, type StepMember } from './step-barrier.js';
+import { StepBarrier } from './step-barrier.js';
 import { sequenceOrderedStrategy } from './batch-order.js';
 
 export interface LlamaEngineSettings {
@@ -109,7 +109,7 @@ export class LlamaEngine implements ChatEngine {
     const { tokens: prompt, reasoning } = this.renderPrompt(request);
     const maxTokens = this.grantTokens(request, prompt.length);
     const grammars = await this.compileGrammars(grammarTexts);
-    const leases = await this.pool.acquire(prompt, signal, request.model.startsWith('Pro/') ? 1 : 0, request.n);
+    const leases = await this.pool.acquire(prompt, signal, isProModel(request.model) ? 1 : 0, request.n);
     return new LlamaRun(this.model, this.pool, this.barrier, leases, prompt, maxTokens, reasoning, grammars, request, signal);
   }
 
@@ -211,12 +211,11 @@ class LlamaRun implements EngineRun {
     if (lease === undefined || this.started[index]) throw new Error(`choice ${index} is not available`);
     this.started[index] = true;
     const { sequence } = lease;
-    let member: StepMember | undefined;
+    // Joined before the erase below, which may wait for the running decode: the others' next step waits for this
+    // prompt instead of leaving without it (step-barrier.ts).
+    const member = this.barrier.join();
     try {
       this.signal.throwIfAborted();
-      // Joined before the erase below, which may wait for the running decode: the others' next step waits for this
-      // prompt instead of leaving without it (step-barrier.ts).
-      member = this.barrier.join();
       const cached = this.reusable(lease);
       // The erase takes node-llama-cpp's context lock even when there is nothing to erase.
       if (cached < sequence.nextTokenIndex) await sequence.eraseContextTokenRanges([{ start: cached, end: sequence.nextTokenIndex }]);
@@ -254,11 +253,11 @@ class LlamaRun implements EngineRun {
       // consumer (post-processing, SSE), so that work overlaps the decode instead of delaying it.
       let stopped = false;
       const step = (input: Token[] | undefined) => {
-        const next = member!.beforeStep().then(async (): Promise<IteratorResult<Token, unknown>> => {
+        const next = member.beforeStep().then(async (): Promise<IteratorResult<Token, unknown>> => {
           // The consumer stopped reading while this step waited for the barrier: no decode for nobody.
           if (stopped) return { done: true, value: undefined };
           const result = await tokens.next(input);
-          member!.afterStep();
+          member.afterStep();
           return result;
         });
         // Awaited later (its error then surfaces there); a failure while the consumer is busy is not unhandled.
@@ -311,7 +310,7 @@ class LlamaRun implements EngineRun {
       yield { type: 'text', text: detokenizer.flush(), tokens: 0 };
       yield { type: 'end', reason: 'eog' };
     } finally {
-      member?.leave(); // when it failed before generating
+      member.leave(); // when it failed before generating (leaving twice is harmless)
       this.pool.release(sequence);
     }
   }
