@@ -26,6 +26,7 @@ Options:
   --parallel <n>         concurrent sequences for --model (default 4)
   --context-size <n>     tokens per sequence for --model
   --threads <n>          CPU threads for --model (default: usable cores)
+  --load <memory|mmap>   how --model's weights are loaded (default memory: read into Kiln's memory)
   --log-level <level>    fatal, error, warn, info (default), debug
 `;
 
@@ -40,6 +41,7 @@ const options = {
   parallel: { type: 'string' },
   'context-size': { type: 'string' },
   threads: { type: 'string' },
+  load: { type: 'string' },
   'log-level': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
@@ -93,6 +95,10 @@ async function resolveConfig(flags: Flags): Promise<FileConfig> {
   if (parallel !== undefined) model.parallel = parallel;
   if (contextSize !== undefined) model.context_size = contextSize;
   if (threads !== undefined) model.threads = threads;
+  if (flags.load !== undefined) {
+    if (flags.load !== 'memory' && flags.load !== 'mmap') throw new ConfigError(`--load must be memory or mmap, got '${flags.load}'`);
+    model.load = flags.load;
+  }
   return { models: [model] };
 }
 

@@ -20,6 +20,8 @@ const modelSchema = z.strictObject({
   queue_wait_ms: z.int().min(1).optional(),
   /** llama.cpp flash attention (default auto: llama.cpp decides for the model and hardware). */
   flash_attention: z.enum(['auto', 'on', 'off']).optional(),
+  /** How the weights are loaded: `memory` (default) reads them into Kiln's own memory, `mmap` maps the file. */
+  load: z.enum(['memory', 'mmap']).optional(),
   /** Whether the model reasons in <think> … </think>; `auto`: detected from its chat template. */
   reasoning: z.enum(['auto', 'on', 'off']).optional(),
   owned_by: z.string().optional(),

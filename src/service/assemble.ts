@@ -18,7 +18,7 @@ export const MODEL_DEFAULTS = {
 } as const;
 
 /** Settings that belong to the loaded file, not the id: ids sharing a file must agree on them. */
-const ENGINE_FIELDS = ['parallel', 'context_size', 'threads', 'batch_size', 'queue_depth', 'queue_wait_ms', 'reasoning', 'flash_attention'] as const;
+const ENGINE_FIELDS = ['parallel', 'context_size', 'threads', 'batch_size', 'queue_depth', 'queue_wait_ms', 'reasoning', 'flash_attention', 'load'] as const;
 
 export interface Kiln {
   service: ChatService;
@@ -70,6 +70,7 @@ function engineSettings(model: ModelConfig): LlamaEngineSettings {
     ...(model.batch_size !== undefined ? { batchSize: model.batch_size } : {}),
     reasoning: model.reasoning ?? 'auto',
     ...(model.flash_attention !== undefined ? { flashAttention: model.flash_attention === 'auto' ? 'auto' : model.flash_attention === 'on' } : {}),
+    ...(model.load !== undefined ? { load: model.load } : {}),
     queue: {
       depth: model.queue_depth ?? MODEL_DEFAULTS.queueDepth,
       waitMs: model.queue_wait_ms ?? MODEL_DEFAULTS.queueWaitMs,

@@ -1,5 +1,6 @@
 /** The `kiln` command line: start-up refusals, quick mode, keys from the environment. */
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
 import { test } from 'node:test';
 import OpenAI from 'openai';
 import { ensureTinyModel } from '../../src/gguf/tiny-model.js';
@@ -106,4 +107,23 @@ test('server.request_timeout_ms: a generation still running ends with 504, in-ba
   } finally {
     await kiln.stop();
   }
+});
+
+test('weights are read into memory by default; --load mmap maps the file; a bad --load is refused', { skip: process.platform !== 'linux' && 'reads /proc' }, async () => {
+  const model = await ensureTinyModel();
+  for (const load of ['memory', 'mmap'] as const) {
+    const kiln = await startKiln(['--model', model, '--model-id', 'm', ...(load === 'mmap' ? ['--load', 'mmap'] : [])]);
+    try {
+      const maps = await readFile(`/proc/${kiln.child.pid}/maps`, 'utf8');
+      assert.equal(maps.includes(model), load === 'mmap', `${load}: is the model file mapped?`);
+      const client = new OpenAI({ baseURL: `${kiln.url}/v1`, apiKey: 'none', maxRetries: 0 });
+      const completion = await client.chat.completions.create({ model: 'm', messages: [{ role: 'user', content: 'hi' }], max_tokens: 3 });
+      assert.ok(completion.usage!.completion_tokens > 0);
+    } finally {
+      await kiln.stop();
+    }
+  }
+  const { code, output } = await runKiln(['serve', '--model', model, '--load', 'disk']);
+  assert.equal(code, 2);
+  assert.match(output, /--load must be memory or mmap, got 'disk'/);
 });

@@ -55,3 +55,47 @@ test('a new member that never arrives holds the others for at most maxWaitMs', a
   stuck.leave();
   a.leave();
 });
+
+test('members mid-step are waited for however long the step takes (no split into groups taking turns)', async () => {
+  const barrier = new StepBarrier(30, 1);
+  const a = barrier.join();
+  const b = barrier.join();
+  await Promise.all([a.beforeStep(), b.beforeStep()]); // their prompts
+  a.afterStep();
+  b.afterStep();
+  await Promise.all([a.beforeStep(), b.beforeStep()]); // a generation step
+  a.afterStep(); // b's token is still being decoded or sampled: a slower step than maxWaitMs
+  let released = false;
+  const stepA = a.beforeStep().then(() => (released = true));
+  await sleep(120);
+  assert.equal(released, false, 'a is not sent ahead of b, whose step is still running');
+  b.afterStep();
+  const stepB = b.beforeStep();
+  await Promise.all([stepA, stepB]);
+  a.leave();
+  b.leave();
+});
+
+test("a prompt decoded with the others' step gets about two samplings' time to join the next release", async () => {
+  const barrier = new StepBarrier(1000, 1);
+  const g1 = barrier.join();
+  const g2 = barrier.join();
+  await Promise.all([g1.beforeStep(), g2.beforeStep()]);
+  g1.afterStep();
+  g2.afterStep();
+  const prompt = barrier.join();
+  await Promise.all([g1.beforeStep(), g2.beforeStep(), prompt.beforeStep()]); // one decode: two tokens and a prompt
+  // node-llama-cpp samples them one after another, 60 ms apart here; the prompt's first token comes last.
+  g1.afterStep();
+  await sleep(60);
+  g2.afterStep();
+  const order: string[] = [];
+  const steps = [g1.beforeStep().then(() => order.push('g1')), g2.beforeStep().then(() => order.push('g2'))];
+  await sleep(40);
+  order.push('prompt arrives');
+  prompt.afterStep();
+  steps.push(prompt.beforeStep().then(() => order.push('prompt')));
+  await Promise.all(steps);
+  assert.equal(order[0], 'prompt arrives', `the others waited for the prompt's first token: ${order.join(', ')}`);
+  for (const member of [g1, g2, prompt]) member.leave();
+});

@@ -37,6 +37,13 @@ export interface LlamaEngineSettings {
   batchSize?: number;
   /** llama.cpp flash attention; `auto` (default): llama.cpp decides for the model and hardware. */
   flashAttention?: boolean | 'auto';
+  /**
+   * `memory` (default): the weights are read into this process's memory; `mmap`: the file is memory-mapped, as
+   * llama.cpp does by default. Decoding reads every weight for every token, and on the benchmark VM it ran 8–11%
+   * faster from Kiln's own memory than from the mapped file (docs/architecture.md, "Loading the weights"). `mmap`
+   * starts faster from a cold disk and shares the pages with other processes mapping the same file.
+   */
+  load?: 'memory' | 'mmap';
   /** Whether the model reasons in <think> … </think>; `auto`: detected from its chat template. */
   reasoning?: 'auto' | 'on' | 'off';
   queue: QueueSettings;
@@ -67,7 +74,7 @@ export class LlamaEngine implements ChatEngine {
 
   static async load(settings: LlamaEngineSettings): Promise<LlamaEngine> {
     const llama = await getRuntime();
-    const model = await llama.loadModel({ modelPath: settings.file });
+    const model = await llama.loadModel({ modelPath: settings.file, useMmap: settings.load === 'mmap' });
     try {
       const contextSize = settings.contextSize ?? Math.min(model.trainContextSize, DEFAULT_CONTEXT_CAP);
       let created: LlamaContext | undefined;

@@ -11,8 +11,12 @@
  * waiting ones together once no other member is still busy with a step of its own (being decoded, or with its
  * consumer); node-llama-cpp then decodes them as one batch, laid out in sequence order by batch-order.ts. Members
  * evaluating a prompt are not waited for: a prefill spans several decodes, and the others keep generating alongside
- * it. A member whose consumer stalls (a slow client) holds the others for at most `maxWaitMs`; groups that drift apart
- * that way fall back into step at the next release, because waiting members also wait for members mid-step.
+ * it. A member whose consumer stalls (a slow client) or that is still preparing its prompt holds the others for at most
+ * `maxWaitMs`; groups that drift apart that way fall back into step at the next release, because waiting members also
+ * wait for members mid-step. Members mid-step are always waited for, however long the decode takes: were they not
+ * (as once when the timeout counted from arrival), a step longer than `maxWaitMs` — a bigger model, a slower machine —
+ * splits the members into two groups that take turns for ever, each decoding while the other samples (measured on the
+ * 2-core VM on a slow day: 165 ms steps of 4 tokens in turn instead of one 8-token step; 0.83× llama-server's tokens/s).
  *
  * A new request's prompt joins the same release, so it is decoded in the same batch as the others' next tokens
  * instead of alone just before them. A request joins as soon as it holds its sequence, and the others wait for it
@@ -27,6 +31,7 @@ export class StepMember {
   state: State = 'new';
   /** Waiting for its first step: the prompt's evaluation. */
   firstStep = false;
+  releasedBy = 0;
   release: (() => void) | undefined;
 
   constructor(private readonly barrier: StepBarrier) {}
@@ -49,7 +54,7 @@ export class StepMember {
 
   /** Call when the engine returned the token: the member is now with its consumer. */
   afterStep(): void {
-    this.state = 'consumer';
+    this.barrier.stepped(this);
   }
 
   leave(): void {
@@ -60,11 +65,28 @@ export class StepMember {
 export class StepBarrier {
   private readonly members = new Set<StepMember>();
   private timer: NodeJS.Timeout | undefined;
+  /** Releases so far; a member remembers the one that let it go. */
+  private releases = 0;
+  private lastStepped: { release: number; at: number } | undefined;
+  /** Typical time between two members of one release getting their tokens: node-llama-cpp samples them one by one. */
+  private samplingGapMs: number | undefined;
 
   constructor(
     private readonly maxWaitMs = 100,
-    private readonly prefillGraceMs = 4,
+    private readonly minPrefillGraceMs = 4,
   ) {}
+
+  stepped(member: StepMember): void {
+    member.state = 'consumer';
+    const now = performance.now();
+    if (this.lastStepped?.release === member.releasedBy) {
+      const gap = now - this.lastStepped.at;
+      this.samplingGapMs = this.samplingGapMs === undefined ? gap : 0.8 * this.samplingGapMs + 0.2 * gap;
+    }
+    this.lastStepped = { release: member.releasedBy, at: now };
+    // Members waiting for this one now wait for its consumer, which may stall: bounded by maxWaitMs from here.
+    this.releaseIfReady();
+  }
 
   join(): StepMember {
     const member = new StepMember(this);
@@ -83,37 +105,56 @@ export class StepBarrier {
       member.firstStep = member.state === 'new';
       member.state = 'waiting';
       member.release = resolve;
-      if (!this.releaseIfReady()) this.timer ??= setTimeout(() => this.release(), this.maxWaitMs);
+      this.releaseIfReady();
     });
   }
 
-  private releaseIfReady(): boolean {
+  private releaseIfReady(): void {
     let waiting = 0;
     let prefilling = false;
+    let stepping = false;
+    let holding = false;
     for (const member of this.members) {
       if (member.state === 'waiting') waiting++;
-      else if (member.state === 'step' || member.state === 'consumer' || member.state === 'new') return false;
-      else if (member.state === 'prefill') prefilling = true;
+      else if (member.state === 'step') stepping = true;
+      else if (member.state === 'consumer' || member.state === 'new') holding = true;
+      else prefilling = true;
     }
-    if (waiting === 0) return false;
+    if (waiting === 0) return;
+    if (stepping) {
+      // Back when their decode and sampling are done; then this runs again.
+      this.cancelTimer();
+      return;
+    }
+    if (holding) {
+      this.timer ??= setTimeout(() => this.release(), this.maxWaitMs);
+      return;
+    }
     if (prefilling) {
-      // A prompt whose last decode just finished is still sampling its first token: give it a moment to join, or the
-      // first step after a prefill runs twice (members that were quicker alone, then the rest).
-      this.timer ??= setTimeout(() => this.release(), this.prefillGraceMs);
-      return true;
+      // A prompt decoded with the last step may still be sampling its first token (after the others' tokens): give it
+      // about two samplings' time to join, or the first step after a prefill runs twice (the quicker members alone,
+      // then the rest).
+      const grace = Math.min(this.maxWaitMs, Math.max(this.minPrefillGraceMs, 2 * (this.samplingGapMs ?? 0)));
+      this.timer ??= setTimeout(() => this.release(), grace);
+      return;
     }
     this.release();
-    return true;
+  }
+
+  private cancelTimer(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
   }
 
   private release(): void {
-    clearTimeout(this.timer);
-    this.timer = undefined;
+    this.cancelTimer();
+    this.releases++;
     for (const member of this.members) {
       if (member.state !== 'waiting') continue;
       // A prompt's evaluation spans several decodes: the others are not held for it.
       member.state = member.firstStep ? 'prefill' : 'step';
       member.firstStep = false;
+      member.releasedBy = this.releases;
       const release = member.release!;
       member.release = undefined;
       release();
