@@ -77,13 +77,16 @@ export class StepBarrier {
   ) {}
 
   stepped(member: StepMember): void {
-    member.state = 'consumer';
-    const now = performance.now();
-    if (this.lastStepped?.release === member.releasedBy) {
-      const gap = now - this.lastStepped.at;
-      this.samplingGapMs = this.samplingGapMs === undefined ? gap : 0.8 * this.samplingGapMs + 0.2 * gap;
+    // Only generation steps are timed: those of one release share a decode (a prompt may be left for the next one).
+    if (member.state === 'step') {
+      const now = performance.now();
+      if (this.lastStepped?.release === member.releasedBy) {
+        const gap = now - this.lastStepped.at;
+        this.samplingGapMs = this.samplingGapMs === undefined ? gap : 0.8 * this.samplingGapMs + 0.2 * gap;
+      }
+      this.lastStepped = { release: member.releasedBy, at: now };
     }
-    this.lastStepped = { release: member.releasedBy, at: now };
+    member.state = 'consumer';
     // Members waiting for this one now wait for its consumer, which may stall: bounded by maxWaitMs from here.
     this.releaseIfReady();
   }
