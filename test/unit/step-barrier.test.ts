@@ -99,3 +99,22 @@ test("a prompt decoded with the others' step gets about two samplings' time to j
   assert.equal(order[0], 'prompt arrives', `the others waited for the prompt's first token: ${order.join(', ')}`);
   for (const member of [g1, g2, prompt]) member.leave();
 });
+
+test('once only a prompt is missing, the wait is the short prefill grace, not maxWaitMs', async () => {
+  const barrier = new StepBarrier(2000, 5);
+  const g1 = barrier.join();
+  const g2 = barrier.join();
+  await Promise.all([g1.beforeStep(), g2.beforeStep()]);
+  g1.afterStep();
+  g2.afterStep();
+  const prompt = barrier.join();
+  await Promise.all([g1.beforeStep(), g2.beforeStep(), prompt.beforeStep()]);
+  g1.afterStep();
+  const next = g1.beforeStep();
+  g2.afterStep(); // g1 now waits for g2's consumer: up to maxWaitMs…
+  const t0 = performance.now();
+  await Promise.all([next, g2.beforeStep()]); // …but g2 is back at once, and the prompt (still sampling) only gets the grace
+  const waited = performance.now() - t0;
+  assert.ok(waited < 1000, `released after ${waited.toFixed(0)} ms`);
+  for (const member of [g1, g2, prompt]) member.leave();
+});

@@ -39,9 +39,9 @@ export interface LlamaEngineSettings {
   flashAttention?: boolean | 'auto';
   /**
    * `memory` (default): the weights are read into this process's memory; `mmap`: the file is memory-mapped, as
-   * llama.cpp does by default. Decoding reads every weight for every token, and on the benchmark VM it ran 8–11%
-   * faster from Kiln's own memory than from the mapped file (docs/architecture.md, "Loading the weights"). `mmap`
-   * starts faster from a cold disk and shares the pages with other processes mapping the same file.
+   * llama.cpp does by default. Decoding reads every weight for every token; on the benchmark VM one stream decoded 8%
+   * faster from Kiln's own memory in llama-batched-bench, ~3% over HTTP (docs/architecture.md, "Loading the weights").
+   * `mmap` starts faster from a cold disk and shares the pages with other processes mapping the same file.
    */
   load?: 'memory' | 'mmap';
   /** Whether the model reasons in <think> … </think>; `auto`: detected from its chat template. */

@@ -65,6 +65,7 @@ export class StepMember {
 export class StepBarrier {
   private readonly members = new Set<StepMember>();
   private timer: NodeJS.Timeout | undefined;
+  private timerDeadline = 0;
   /** Releases so far; a member remembers the one that let it go. */
   private releases = 0;
   private lastStepped: { release: number; at: number } | undefined;
@@ -130,7 +131,7 @@ export class StepBarrier {
       return;
     }
     if (holding) {
-      this.timer ??= setTimeout(() => this.release(), this.maxWaitMs);
+      this.releaseWithin(this.maxWaitMs);
       return;
     }
     if (prefilling) {
@@ -138,10 +139,19 @@ export class StepBarrier {
       // about two samplings' time to join, or the first step after a prefill runs twice (the quicker members alone,
       // then the rest).
       const grace = Math.min(this.maxWaitMs, Math.max(this.minPrefillGraceMs, 2 * (this.samplingGapMs ?? 0)));
-      this.timer ??= setTimeout(() => this.release(), grace);
+      this.releaseWithin(grace);
       return;
     }
     this.release();
+  }
+
+  /** Releases the waiting members within `ms` at the latest (an earlier deadline already set stands). */
+  private releaseWithin(ms: number): void {
+    const deadline = performance.now() + ms;
+    if (this.timer !== undefined && this.timerDeadline <= deadline) return;
+    clearTimeout(this.timer);
+    this.timerDeadline = deadline;
+    this.timer = setTimeout(() => this.release(), ms);
   }
 
   private cancelTimer(): void {
