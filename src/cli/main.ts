@@ -5,7 +5,7 @@
 import { access } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ConfigError, loadConfigFile, type FileConfig, type ModelConfig } from '../config/config.js';
+import { ConfigError, LOAD_MODES, loadConfigFile, type FileConfig, type ModelConfig } from '../config/config.js';
 import { ensureTinyModel } from '../gguf/tiny-model.js';
 import { buildHttpServer } from '../http/server.js';
 import type { ApiKey } from '../http/auth.js';
@@ -96,8 +96,9 @@ async function resolveConfig(flags: Flags): Promise<FileConfig> {
   if (contextSize !== undefined) model.context_size = contextSize;
   if (threads !== undefined) model.threads = threads;
   if (flags.load !== undefined) {
-    if (flags.load !== 'memory' && flags.load !== 'mmap') throw new ConfigError(`--load must be memory or mmap, got '${flags.load}'`);
-    model.load = flags.load;
+    const load = LOAD_MODES.find((mode) => mode === flags.load);
+    if (load === undefined) throw new ConfigError(`--load must be ${LOAD_MODES.join(' or ')}, got '${flags.load}'`);
+    model.load = load;
   }
   return { models: [model] };
 }

@@ -7,6 +7,9 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { formatPath } from '../core/normalize-request.js';
 
+/** How a model's weights are loaded: `memory` reads them into Kiln's own memory, `mmap` maps the file. */
+export const LOAD_MODES = ['memory', 'mmap'] as const;
+
 const modelSchema = z.strictObject({
   id: z.string().min(1),
   file: z.string().min(1),
@@ -20,8 +23,8 @@ const modelSchema = z.strictObject({
   queue_wait_ms: z.int().min(1).optional(),
   /** llama.cpp flash attention (default auto: llama.cpp decides for the model and hardware). */
   flash_attention: z.enum(['auto', 'on', 'off']).optional(),
-  /** How the weights are loaded: `memory` (default) reads them into Kiln's own memory, `mmap` maps the file. */
-  load: z.enum(['memory', 'mmap']).optional(),
+  /** See LOAD_MODES; default `memory`. */
+  load: z.enum(LOAD_MODES).optional(),
   /** Whether the model reasons in <think> … </think>; `auto`: detected from its chat template. */
   reasoning: z.enum(['auto', 'on', 'off']).optional(),
   owned_by: z.string().optional(),
