@@ -41,6 +41,14 @@ const configSchema = z.strictObject({
       request_timeout_ms: z.int().min(1).optional(),
       max_choices: z.int().min(1).max(64).optional(),
       body_limit_bytes: z.int().min(1024).optional(),
+      /** A stream whose client takes nothing for this long is ended and its connection closed (default 30 s). */
+      stall_timeout_ms: z.int().min(1).optional(),
+      /** The request line and headers must arrive within this long, else 408 (default 20 s). */
+      headers_timeout_ms: z.int().min(1).optional(),
+      /** The whole request, body included, must arrive within this long, else 408 (default 60 s). */
+      body_timeout_ms: z.int().min(1).optional(),
+      /** On SIGTERM/SIGINT, how long requests in flight may take to finish before they are ended (default 30 s). */
+      drain_timeout_ms: z.int().min(0).optional(),
     })
     .optional(),
   models: z.array(modelSchema).min(1, 'at least one model is required'),
