@@ -1,0 +1,91 @@
+/**
+ * Property-based fuzzing of request bodies, in-process against the real HTTP layer, service and llama engine on tiny
+ * models: whatever JSON arrives in whatever field (and whole random bodies, random content types, cut-off JSON), the
+ * answer is a 2xx or a 4xx with the contract's error body — never a 5xx, never a hang. The context is small so that
+ * no accepted request generates for long. Seeded: KILN_FUZZ_SEED and KILN_FUZZ_RUNS reproduce or widen a run.
+ *
+ * Every case runs (no stop at the first failure) and failures are grouped by message, so one run lists every kind
+ * of failure with an example case.
+ */
+import assert from 'node:assert/strict';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { after, before, test } from 'node:test';
+import { buildHttpServer } from '../../src/http/server.js';
+import { ensureTinyModel } from '../../src/gguf/tiny-model.js';
+import { assembleKiln, type Kiln } from '../../src/service/assemble.js';
+import { checkResponse, failureSignature } from '../helpers/contract-check.js';
+import { FUZZ_MODEL, FUZZ_REASONING_MODEL, SUITE_SCALE, sampleFuzzCases, type FuzzCase } from '../helpers/fuzz-bodies.js';
+
+const SEED = Number(process.env.KILN_FUZZ_SEED ?? 20261130);
+const RUNS = Number(process.env.KILN_FUZZ_RUNS ?? 300);
+/** A request still unanswered after this long is a hang. */
+const HANG_MS = 20_000;
+
+let kiln: Kiln;
+let app: ReturnType<typeof buildHttpServer>;
+
+before(async () => {
+  const [chat, reasoning] = await Promise.all([ensureTinyModel({ flavor: 'qwen2.5' }), ensureTinyModel({ flavor: 'r1-distill' })]);
+  // One thread: the prebuilt llama.cpp spawns its threads per decode, which costs more than a tiny model's decode.
+  const common = { parallel: 4, context_size: 256, threads: 1, queue_wait_ms: HANG_MS };
+  kiln = await assembleKiln([
+    { id: FUZZ_MODEL, file: chat, ...common },
+    { id: FUZZ_REASONING_MODEL, file: reasoning, ...common },
+  ]);
+  app = buildHttpServer({ service: kiln.service, apiKeys: [], logLevel: 'silent' });
+  await app.ready();
+});
+
+after(async () => {
+  await app?.close();
+  await kiln?.close();
+});
+
+interface Result {
+  failure: string | undefined;
+  status: number;
+  ms: number;
+}
+
+async function send(fuzzCase: FuzzCase): Promise<Result> {
+  const started = performance.now();
+  let timer: NodeJS.Timeout | undefined;
+  const hang = new Promise<'hang'>((resolve) => (timer = setTimeout(() => resolve('hang'), HANG_MS)));
+  const response = await Promise.race([
+    app.inject({
+      method: 'POST',
+      url: '/v1/chat/completions',
+      payload: fuzzCase.payload,
+      headers: fuzzCase.contentType === undefined ? {} : { 'content-type': fuzzCase.contentType },
+    }),
+    hang,
+  ]);
+  clearTimeout(timer);
+  const ms = performance.now() - started;
+  if (response === 'hang') return { failure: `no answer within ${HANG_MS} ms`, status: 0, ms };
+  const contentType = response.headers['content-type'];
+  return { failure: checkResponse(response.statusCode, typeof contentType === 'string' ? contentType : undefined, response.body), status: response.statusCode, ms };
+}
+
+test(`${RUNS} fuzzed request bodies (seed ${SEED}): every answer is a 2xx or a 4xx with the contract's error body`, async (t) => {
+  const cases = sampleFuzzCases(RUNS, SEED, SUITE_SCALE);
+  const loop = monitorEventLoopDelay({ resolution: 10 });
+  loop.enable();
+  const tally = new Map<number, number>();
+  const groups = new Map<string, { count: number; example: string; index: number }>();
+  let slowest = { ms: 0, label: '' };
+  for (const [index, fuzzCase] of cases.entries()) {
+    const result = await send(fuzzCase);
+    tally.set(result.status, (tally.get(result.status) ?? 0) + 1);
+    if (result.ms > slowest.ms) slowest = { ms: result.ms, label: fuzzCase.label };
+    if (result.failure === undefined) continue;
+    const signature = failureSignature(result.failure);
+    const group = groups.get(signature);
+    if (group) group.count++;
+    else groups.set(signature, { count: 1, example: `${fuzzCase.label.slice(0, 300)} → ${result.failure.slice(0, 300)}`, index });
+  }
+  loop.disable();
+  t.diagnostic(`statuses ${JSON.stringify(Object.fromEntries(tally))}; slowest request ${slowest.ms.toFixed(0)} ms (${slowest.label.slice(0, 160)}); worst event-loop delay ${(loop.max / 1e6).toFixed(0)} ms`);
+  const report = [...groups.values()].map((g) => `  ${g.count}× e.g. case #${g.index}: ${g.example}`).join('\n');
+  assert.equal(groups.size, 0, `${[...groups.values()].reduce((sum, g) => sum + g.count, 0)} of ${RUNS} cases failed (seed ${SEED}):\n${report}`);
+});
