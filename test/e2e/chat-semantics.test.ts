@@ -263,7 +263,8 @@ describe('reasoning', () => {
     assert.ok(message.content && message.content.length > 0, 'the answer follows the capped reasoning');
     for (const text of [message.reasoning_content, message.content]) assert.doesNotMatch(text, /<\/?think>/);
     const details = completion.usage!.completion_tokens_details!;
-    assert.ok(details.reasoning_tokens! >= 128 && details.reasoning_tokens! <= 132, `reasoning_tokens ${details.reasoning_tokens}`);
+    // The budget is a cap: the closing tag Kiln writes counts inside it.
+    assert.ok(details.reasoning_tokens! >= 100 && details.reasoning_tokens! <= 128, `reasoning_tokens ${details.reasoning_tokens}`);
     assert.equal(completion.usage!.completion_tokens, 200);
 
     const { choices, usage } = await collect(await client.chat.completions.create({ ...request, stream: true, stream_options: { include_usage: true } }));

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { BUDGET_CLOSE, OutputSteering, type SteeringOptions } from '../../src/engines/llama/output-steering.js';
 
-const base: SteeringOptions = { reasoning: 'off', thinkingBudget: 4096, hasAnswerGrammar: false, hasToolCallBodyGrammar: false };
+const base: SteeringOptions = { reasoning: 'off', thinkingBudget: 4096, budgetCloseTokens: 0, hasAnswerGrammar: false, hasToolCallBodyGrammar: false };
 
 /** Feeds tokens; returns the index and change of every token after which something changed. */
 function run(options: SteeringOptions, tokens: readonly string[]): Array<[number, unknown]> {
@@ -31,6 +31,12 @@ test('thinking_budget: after that many reasoning tokens Kiln closes the block it
   const changes = run({ ...base, reasoning: 'open', thinkingBudget: 3, hasAnswerGrammar: true }, ['a', 'b', 'c', 'd']);
   assert.deepEqual(changes, [[2, { grammar: 'answer', inject: BUDGET_CLOSE }]]);
   assert.match(BUDGET_CLOSE, /<\/think>/);
+});
+
+test('thinking_budget is a cap: the closing tokens Kiln writes fit inside it', () => {
+  // 5 tokens of budget, 2 of them for the close: the block closes after the 3rd reasoning token.
+  const changes = run({ ...base, reasoning: 'open', thinkingBudget: 5, budgetCloseTokens: 2 }, ['a', 'b', 'c', 'd', 'e']);
+  assert.deepEqual(changes, [[2, { grammar: undefined, inject: BUDGET_CLOSE }]]);
 });
 
 test('a model that may reason opens <think> itself (only before any visible text), and gets its budget', () => {

@@ -19,6 +19,8 @@ export interface SteeringChange {
 export interface SteeringOptions {
   reasoning: 'open' | 'optional' | 'off';
   thinkingBudget: number;
+  /** Tokens of BUDGET_CLOSE: they count as reasoning, so the block is closed early enough for them to fit the budget. */
+  budgetCloseTokens: number;
   hasAnswerGrammar: boolean;
   hasToolCallBodyGrammar: boolean;
 }
@@ -51,7 +53,7 @@ export class OutputSteering {
       case 'reasoning':
         this.reasoningTokens++;
         if (this.tail.includes(THINK_CLOSE)) return this.answer();
-        if (this.reasoningTokens >= this.options.thinkingBudget) return { ...this.answer(), inject: BUDGET_CLOSE };
+        if (this.reasoningTokens + this.options.budgetCloseTokens >= this.options.thinkingBudget) return { ...this.answer(), inject: BUDGET_CLOSE };
         return undefined;
       case 'free':
         if (this.blank) {

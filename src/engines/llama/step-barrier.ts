@@ -11,8 +11,10 @@
  * waiting ones together once no other member is still busy with a step of its own (being decoded, or with its
  * consumer); node-llama-cpp then decodes them as one batch, laid out in sequence order by batch-order.ts. Members
  * evaluating a prompt are not waited for: a prefill spans several decodes, and the others keep generating alongside
- * it. A member whose consumer stalls (a slow client) or that is still preparing its prompt holds the others for at most
- * `maxWaitMs`; groups that drift apart that way fall back into step at the next release, because waiting members also
+ * it. A member that is still preparing its prompt, or whose own work between two steps is slow, holds the others for at
+ * most `maxWaitMs`; a member never waits on its client, whose reading is decoupled by a bounded buffer (llama-run.ts:
+ * a choice whose reader falls behind leaves the lockstep until the reader catches up). Groups that drift apart fall
+ * back into step at the next release, because waiting members also
  * wait for members mid-step. Members mid-step are always waited for, however long the decode takes: were they not
  * (as once when the timeout counted from arrival), a step longer than `maxWaitMs` — a bigger model, a slower machine —
  * splits the members into two groups that take turns for ever, each decoding while the other samples (measured on the
