@@ -10,11 +10,24 @@ import {
   resolvePointer, SUPPORTED, TYPES, UnsupportedSchemaError, type JsonType, type Schema,
 } from './schema-keywords.js';
 
+import { arrayItems, objectMembers, repeat, type Member, type RuleSink } from './gbnf-layout.js';
+import { MAX_ALTERNATIVES, WidthMeter } from './schema-width.js';
+
 export { UnsupportedSchemaError } from './schema-keywords.js';
 
-/** llama.cpp turns a repetition bound above 2000 into "unbounded", and expands {0,n} into n rules: stay well below. */
-const MAX_DIRECT_REPEAT = 1000;
-const REPEAT_BLOCK = 100;
+/**
+ * Subschemas being compiled at once (nesting plus `$ref` chains, which the JSON depth bound does not see): keeps the
+ * converter's recursion a few thousand frames deep at most, far inside Node's stack.
+ */
+export const MAX_COMPILE_DEPTH = 200;
+/**
+ * Budget for one grammar: a unit per character of rule text, EXPANDED_RULE_SIZE per rule llama.cpp expands a
+ * repetition into. Measured with llama.cpp's parser here: ~0.015 µs per character and ~0.25 µs per expanded rule, so
+ * this budget compiles in ≤ ~25 ms and stays ≤ ~1 MB of GBNF (a few MB once compiled, kept in the engine's grammar
+ * cache). Real tool schemas need a few KB to ~100 KB.
+ */
+export const MAX_GRAMMAR_SIZE = 1_000_000;
+const EXPANDED_RULE_SIZE = 16;
 
 interface Scope {
   root: unknown;
@@ -22,16 +35,22 @@ interface Scope {
   refs: Map<string, string>;
   /** Target `from` may begin with target `to` (nothing written before it); a cycle here is left recursion. */
   leftEdges: Array<{ from: string; to: string; refAt: string }>;
+  meter: WidthMeter;
 }
 /** The `$ref` targets entered, in order, since the last character the grammar writes. */
 type LeftRefs = readonly string[];
 const NO_LEFT: LeftRefs = [];
 
 /** Builds one GBNF grammar out of several pieces; rule names are unique and safe ([a-z0-9-]+). */
-export class GbnfBuilder {
+export class GbnfBuilder implements RuleSink {
   private readonly rules = new Map<string, string | undefined>([['root', undefined]]);
   private readonly scopes = new Map<unknown, Scope>();
-  private readonly blocks = new Map<string, string>();
+  /** Next free numeric suffix per base name: a linear probe was quadratic over 10,000 like-named rules. */
+  private readonly suffixes = new Map<string, number>();
+  /** Subschemas now being compiled (see MAX_COMPILE_DEPTH). */
+  private depth = 0;
+  /** Size so far, in the units of MAX_GRAMMAR_SIZE. */
+  private size = 0;
 
   /**
    * Adds the rules for values of `schema` (a JSON Schema object or boolean); returns a rule *name* matching exactly
@@ -41,7 +60,7 @@ export class GbnfBuilder {
   addSchema(schema: unknown, nameHint: string, root?: unknown): string {
     const document = root ?? schema;
     let scope = this.scopes.get(document);
-    if (!scope) this.scopes.set(document, (scope = { root: document, refs: new Map(), leftEdges: [] }));
+    if (!scope) this.scopes.set(document, (scope = { root: document, refs: new Map(), leftEdges: [], meter: new WidthMeter(document) }));
     // The document itself goes through the `#` entry, so a `{"$ref": "#"}` inside it reuses this rule.
     const name = schema === document ? this.ref('', scope, NO_LEFT, nameHint, '') : this.value(schema, '', scope, nameHint);
     checkLeftRecursion(scope);
@@ -65,8 +84,17 @@ export class GbnfBuilder {
   /** Adds `name ::= body` (name made unique), returns the name. */
   addRule(nameHint: string, body: string): string {
     const name = this.reserve(nameHint);
-    this.rules.set(name, body);
+    this.define(name, body);
     return name;
+  }
+
+  /** `expression` as a rule name: itself when it already is one. */
+  named(nameHint: string, expression: string): string {
+    return this.rules.has(expression) ? expression : this.addRule(nameHint, expression);
+  }
+
+  expand(count: number): void {
+    this.size += count * EXPANDED_RULE_SIZE;
   }
 
   /** The whole grammar, with `root ::= <rootBody>` first. */
@@ -85,9 +113,18 @@ export class GbnfBuilder {
     // `json-` names are the fixed rules' own; `root` is build's.
     if (base === '' || base === 'root' || base.startsWith('json-')) base = `r-${base}`.replace(/-+$/, '');
     let name = base;
-    for (let n = 2; this.rules.has(name); n++) name = `${base}-${n}`;
+    if (this.rules.has(name)) {
+      let n = this.suffixes.get(base) ?? 2;
+      while (this.rules.has((name = `${base}-${n}`))) n++;
+      this.suffixes.set(base, n + 1);
+    }
     this.rules.set(name, undefined);
     return name;
+  }
+
+  private define(name: string, body: string): void {
+    this.size += name.length + body.length;
+    this.rules.set(name, body);
   }
 
   /** A fixed rule (and those it refers to), added once under its own name. */
@@ -100,11 +137,6 @@ export class GbnfBuilder {
     return name;
   }
 
-  /** `expression` as a rule name: itself when it already is one. */
-  private named(nameHint: string, expression: string): string {
-    return this.rules.has(expression) ? expression : this.addRule(nameHint, expression);
-  }
-
   // ---- schemas ----
 
   /** A rule for values of a subschema written after something else (an object key, an array's "[" or ", "). */
@@ -113,6 +145,22 @@ export class GbnfBuilder {
   }
 
   private compile(schema: unknown, pointer: string, scope: Scope, left: LeftRefs, hint: string): string {
+    if (this.depth >= MAX_COMPILE_DEPTH) {
+      throw new UnsupportedSchemaError(pointer, `subschemas and '$ref's nest deeper than ${MAX_COMPILE_DEPTH} levels`);
+    }
+    this.depth++;
+    try {
+      const expression = this.compileSchema(schema, pointer, scope, left, hint);
+      if (this.size > MAX_GRAMMAR_SIZE) {
+        throw new UnsupportedSchemaError(pointer, `the grammar for the schema grows too large here (over ${MAX_GRAMMAR_SIZE} units, about that many bytes of GBNF)`);
+      }
+      return expression;
+    } finally {
+      this.depth--;
+    }
+  }
+
+  private compileSchema(schema: unknown, pointer: string, scope: Scope, left: LeftRefs, hint: string): string {
     if (schema === true) return this.anyValue();
     if (schema === false) throw new UnsupportedSchemaError(pointer, "the schema 'false' allows no value");
     if (!isObject(schema)) throw new UnsupportedSchemaError(pointer, 'a schema must be an object or a boolean');
@@ -131,6 +179,10 @@ export class GbnfBuilder {
     }
     const nullable = schema.nullable === undefined ? false : schema.nullable;
     if (typeof nullable !== 'boolean') throw new UnsupportedSchemaError(at(pointer, 'nullable'), "'nullable' must be a boolean");
+    if (scope.meter.width(schema) > MAX_ALTERNATIVES) {
+      const message = `the schema allows more than ${MAX_ALTERNATIVES} alternatives where its value starts (enum values and anyOf/oneOf branches, '$ref's followed)`;
+      throw new UnsupportedSchemaError(pointer, message);
+    }
 
     if ('enum' in schema || 'const' in schema) return this.literals(schema, pointer, hint);
     const combinator = COMBINATORS.find((key) => key in schema);
@@ -187,7 +239,7 @@ export class GbnfBuilder {
     if (schema === undefined) throw new UnsupportedSchemaError(refAt, `'$ref' target "#${target}" does not exist`);
     const name = this.reserve(target === '' ? hint : target.slice(target.lastIndexOf('/') + 1));
     scope.refs.set(target, name);
-    this.rules.set(name, this.compile(schema, target, scope, [...left, target], name));
+    this.define(name, this.compile(schema, target, scope, [...left, target], name));
     return name;
   }
 
@@ -277,7 +329,7 @@ export class GbnfBuilder {
       return `"\\"" ${this.fixed(known.rule)} "\\""`;
     }
     if (minLength === 0 && maxLength === undefined) return this.fixed('json-string');
-    return this.named(`${hint}-string`, `"\\"" ${this.repeat(this.fixed('json-char'), minLength, maxLength, `${hint}-chars`)} "\\""`);
+    return this.named(`${hint}-string`, `"\\"" ${repeat(this, this.fixed('json-char'), minLength, maxLength, `${hint}-chars`)} "\\""`);
   }
 
   private integer(schema: Schema, pointer: string, hint: string): string {
@@ -317,23 +369,28 @@ export class GbnfBuilder {
     if (extra !== undefined && typeof extra !== 'boolean' && !isObject(extra)) {
       throw new UnsupportedSchemaError(at(pointer, 'additionalProperties'), "'additionalProperties' must be a schema");
     }
-    const members: Array<{ text: string; required: boolean }> = [];
+    const members: Member[] = [];
     const member = (name: string, value: string, isRequired: boolean) =>
       members.push({ text: `${gbnfLiteral(`${JSON.stringify(name)}: `)} ${value}`, required: isRequired });
+    const requiredSet = new Set(required as string[]);
     for (const [name, propertySchema] of Object.entries(properties)) {
-      const isRequired = required.includes(name);
+      const isRequired = requiredSet.has(name);
       // A property whose schema is false may only be absent.
       if (propertySchema === false && !isRequired) continue;
       const propertyHint = `${hint}-${name}`;
       member(name, this.value(propertySchema, at(pointer, 'properties', name), scope, propertyHint), isRequired);
     }
     // Required but undeclared: the value is whatever additionalProperties allows.
-    for (const name of new Set(required as string[])) {
+    for (const name of requiredSet) {
       if (Object.hasOwn(properties, name)) continue;
       if (extra === false) {
         throw new UnsupportedSchemaError(at(pointer, 'required'), `required property ${JSON.stringify(name)} is not allowed by 'additionalProperties'`);
       }
       member(name, isObject(extra) ? this.value(extra, at(pointer, 'additionalProperties'), scope, `${hint}-${name}`) : this.anyValue(), true);
+    }
+    const optionalCount = members.reduce((sum, item) => sum + (item.required ? 0 : 1), 0);
+    if (optionalCount > MAX_ALTERNATIVES) {
+      throw new UnsupportedSchemaError(at(pointer, 'properties'), `more than ${MAX_ALTERNATIVES} optional properties are not supported`);
     }
     if (members.length === 0) {
       // A map of string keys only when additional properties are asked for; without it, `{}` is the one valid choice.
@@ -342,39 +399,7 @@ export class GbnfBuilder {
       const entry = this.addRule(`${hint}-entry`, `${this.fixed('json-string')} ": " ${value}`);
       return `"{" (${entry} (", " ${entry})*)? "}"`;
     }
-    return this.members(members, hint);
-  }
-
-  /**
-   * `{…}` with the members in order, each optional one present or not, commas only between present ones. Built from
-   * the end: tail(i) is members i.. each preceded by ", " (something came before); the object opens with any member
-   * up to the first required one, followed by the tail after it.
-   */
-  private members(members: ReadonlyArray<{ text: string; required: boolean }>, hint: string): string {
-    const tails = new Map<number, string>();
-    const tail = (from: number): string => {
-      const rest = members.slice(from);
-      if (rest.every((item) => item.required)) return rest.map((item) => `", " ${item.text}`).join(' ');
-      let name = tails.get(from);
-      if (name === undefined) {
-        const item = members[from]!;
-        const first = item.required ? `", " ${item.text}` : `(", " ${item.text})?`;
-        name = this.addRule(`${hint}-tail`, `${first} ${tail(from + 1)}`.trim());
-        tails.set(from, name);
-      }
-      return name;
-    };
-    const openings: string[] = [];
-    let allOptional = true;
-    for (let index = 0; index < members.length; index++) {
-      openings.push(`${members[index]!.text} ${tail(index + 1)}`.trim());
-      if (members[index]!.required) {
-        allOptional = false;
-        break;
-      }
-    }
-    const body = `(${openings.join(' | ')})`;
-    return `"{" ${body}${allOptional ? '?' : ''} "}"`;
+    return objectMembers(this, members, hint);
   }
 
   private array(schema: Schema, pointer: string, scope: Scope, hint: string): string {
@@ -407,51 +432,7 @@ export class GbnfBuilder {
     );
     const needsRest = hi === undefined || hi > usedPrefix;
     const restRule = needsRest ? this.value(rest, at(pointer, restKey), scope, `${hint}-item`) : '';
-    const element = (index: number) => (index < items.length ? items[index]! : restRule);
-    // after(i): items i.. each preceded by ", ", given i items are already written.
-    const after = (index: number): string => {
-      if (hi !== undefined && index >= hi) return '';
-      if (index >= items.length) {
-        return this.repeat(`(", " ${restRule})`, Math.max(lo - index, 0), hi === undefined ? undefined : hi - index, `${hint}-items`);
-      }
-      const part = `", " ${element(index)} ${after(index + 1)}`.trim();
-      return index < lo ? part : `(${part})?`;
-    };
-    const body = `${element(0)} ${after(1)}`.trim();
-    return lo > 0 ? `"[" ${body} "]"` : `"[" (${body})? "]"`;
-  }
-
-  /**
-   * `item` repeated min..max times (max undefined: no limit). Large counts go through blocks of REPEAT_BLOCK items,
-   * so llama.cpp never sees a bound it would widen or expand into thousands of rules.
-   */
-  private repeat(item: string, min: number, max: number | undefined, hint: string): string {
-    const exact = (atom: string, times: number): string => {
-      if (times === 0) return '';
-      if (times === 1) return atom;
-      if (times <= MAX_DIRECT_REPEAT) return `${atom}{${times}}`;
-      const block = this.block(atom, hint);
-      return `${exact(block, Math.floor(times / REPEAT_BLOCK))} ${exact(atom, times % REPEAT_BLOCK)}`.trim();
-    };
-    // 0..most times: fewer than q whole blocks then 0..99 more, or exactly q blocks then 0..r more.
-    const upTo = (atom: string, most: number): string => {
-      if (most === 0) return '';
-      if (most <= MAX_DIRECT_REPEAT) return most === 1 ? `${atom}?` : `${atom}{0,${most}}`;
-      const block = this.block(atom, hint);
-      const [q, r] = [Math.floor(most / REPEAT_BLOCK), most % REPEAT_BLOCK];
-      const fewer = `${upTo(block, q - 1)} ${atom}{0,${REPEAT_BLOCK - 1}}`.trim();
-      const full = `${exact(block, q)} ${upTo(atom, r)}`.trim();
-      return `(${fewer} | ${full})`;
-    };
-    if (max === undefined) return `${exact(item, min)} ${item}*`.trim();
-    return `${exact(item, min)} ${upTo(item, max - min)}`.trim();
-  }
-
-  /** The rule for REPEAT_BLOCK of `atom`, shared by every repetition of that atom. */
-  private block(atom: string, hint: string): string {
-    let name = this.blocks.get(atom);
-    if (name === undefined) this.blocks.set(atom, (name = this.addRule(`${hint}-block`, `${atom}{${REPEAT_BLOCK}}`)));
-    return name;
+    return arrayItems(this, items, restRule, lo, hi, hint);
   }
 }
 
@@ -475,17 +456,32 @@ export function jsonObjectGrammar(): string {
  */
 function checkLeftRecursion(scope: Scope): void {
   const edges = new Map<string, Array<{ to: string; refAt: string }>>();
-  for (const { from, to, refAt } of scope.leftEdges) edges.set(from, [...(edges.get(from) ?? []), { to, refAt }]);
+  for (const { from, to, refAt } of scope.leftEdges) {
+    const list = edges.get(from);
+    if (list) list.push({ to, refAt });
+    else edges.set(from, [{ to, refAt }]);
+  }
+  // Depth-first search with an explicit stack (a chain of refs can be thousands long): an edge to a node still open
+  // closes a cycle.
   const state = new Map<string, 'open' | 'done'>();
-  const visit = (node: string): void => {
-    state.set(node, 'open');
-    for (const { to, refAt } of edges.get(node) ?? []) {
-      if (state.get(to) === 'open') throw leftRecursion(refAt, to);
-      if (!state.has(to)) visit(to);
+  for (const start of edges.keys()) {
+    if (state.has(start)) continue;
+    state.set(start, 'open');
+    const stack: Array<{ node: string; next: number }> = [{ node: start, next: 0 }];
+    while (stack.length > 0) {
+      const top = stack[stack.length - 1]!;
+      const edge = edges.get(top.node)?.[top.next++];
+      if (edge === undefined) {
+        state.set(top.node, 'done');
+        stack.pop();
+      } else if (state.get(edge.to) === 'open') {
+        throw leftRecursion(edge.refAt, edge.to);
+      } else if (!state.has(edge.to)) {
+        state.set(edge.to, 'open');
+        stack.push({ node: edge.to, next: 0 });
+      }
     }
-    state.set(node, 'done');
-  };
-  for (const node of edges.keys()) if (!state.has(node)) visit(node);
+  }
 }
 
 function leftRecursion(refAt: string, target: string): UnsupportedSchemaError {

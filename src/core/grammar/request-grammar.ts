@@ -10,6 +10,7 @@
 import { KilnError } from '../../errors/catalog.js';
 import { offeredTools, type ChatRequest, type ToolDefinition } from '../chat-request.js';
 import { GbnfBuilder, UnsupportedSchemaError } from './json-schema-grammar.js';
+import { checkSchemaBounds, HARD_MAX_SCHEMA_DEPTH, HARD_MAX_SCHEMA_NODES } from './schema-bounds.js';
 
 export interface RequestGrammars {
   answer?: string;
@@ -65,6 +66,8 @@ function validateTools(tools: readonly ToolDefinition[], compiledElsewhere: read
 }
 
 function schemaRule(builder: GbnfBuilder, schema: unknown, param: string): string {
+  // normalizeChatRequest checked the configured (smaller) bounds already; these keep the converter safe whoever calls.
+  checkSchemaBounds(schema, param, { maxDepth: HARD_MAX_SCHEMA_DEPTH, maxNodes: HARD_MAX_SCHEMA_NODES });
   try {
     return builder.addSchema(schema, 'value');
   } catch (error) {
