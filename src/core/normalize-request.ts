@@ -12,10 +12,15 @@ import {
   type ContentWire,
 } from '../protocol/request.js';
 import { REQUEST_DEFAULTS, type ChatMessage, type ChatRequest, type ResponseFormat, type ToolChoice } from './chat-request.js';
+import { checkSchemaBounds } from './grammar/schema-bounds.js';
 
 export interface NormalizeOptions {
   /** Largest `n` this server accepts. */
   maxChoices: number;
+  /** Deepest JSON nesting in a tool's parameters or a json_schema (default DEFAULT_MAX_SCHEMA_DEPTH). */
+  maxSchemaDepth?: number;
+  /** Most JSON values in one such schema (default DEFAULT_MAX_SCHEMA_NODES). */
+  maxSchemaNodes?: number;
 }
 
 export function normalizeChatRequest(body: unknown, options: NormalizeOptions): ChatRequest {
@@ -43,7 +48,7 @@ export function normalizeChatRequest(body: unknown, options: NormalizeOptions): 
 
   const messages = wire.messages.map(normalizeMessage);
   checkConversation(wire.messages);
-  const tools = normalizeTools(wire);
+  const tools = normalizeTools(wire, options);
   const toolChoice = normalizeToolChoice(wire, tools.map((tool) => tool.name));
   const maxTokens = wire.max_tokens ?? wire.max_completion_tokens;
   const last = wire.messages[wire.messages.length - 1]!;
@@ -67,7 +72,7 @@ export function normalizeChatRequest(body: unknown, options: NormalizeOptions): 
       seedExplicit: wire.seed !== undefined && wire.seed !== null,
     },
     n,
-    responseFormat: normalizeResponseFormat(wire),
+    responseFormat: normalizeResponseFormat(wire, options),
     tools,
     toolChoice,
     parallelToolCalls: wire.parallel_tool_calls ?? true,
@@ -179,12 +184,14 @@ function checkConversation(messages: ChatMessageWire[]): void {
   });
 }
 
-function normalizeTools(wire: ChatCompletionRequestWire): ChatRequest['tools'] {
+function normalizeTools(wire: ChatCompletionRequestWire, options: NormalizeOptions): ChatRequest['tools'] {
   const seen = new Set<string>();
   return (wire.tools ?? []).map((tool, index) => {
     const { name, description, parameters, strict } = tool.function;
     if (seen.has(name)) throw invalid(`tools[${index}].function.name`, `Invalid 'tools[${index}].function.name': duplicate tool name '${name}'.`);
     seen.add(name);
+    // Before anything recursive (the grammar converter, the chat template's tojson) walks the schema.
+    if (parameters != null) checkSchemaBounds(parameters, `tools[${index}].function.parameters`, schemaLimits(options));
     return {
       name,
       ...(description != null ? { description } : {}),
@@ -207,13 +214,18 @@ function normalizeToolChoice(wire: ChatCompletionRequestWire, toolNames: string[
   return { type: 'function', name: choice.function.name };
 }
 
-function normalizeResponseFormat(wire: ChatCompletionRequestWire): ResponseFormat {
+function schemaLimits(options: NormalizeOptions) {
+  return { maxDepth: options.maxSchemaDepth, maxNodes: options.maxSchemaNodes };
+}
+
+function normalizeResponseFormat(wire: ChatCompletionRequestWire, options: NormalizeOptions): ResponseFormat {
   const format = wire.response_format;
   if (format == null || format.type === 'text') return { type: 'text' };
   if (format.type === 'json_object') return { type: 'json_object' };
   if (format.json_schema.schema == null) {
     throw invalid('response_format.json_schema.schema', "Invalid 'response_format.json_schema.schema': is required.");
   }
+  checkSchemaBounds(format.json_schema.schema, 'response_format.json_schema.schema', schemaLimits(options));
   return {
     type: 'json_schema',
     name: format.json_schema.name,
