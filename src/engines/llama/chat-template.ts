@@ -20,6 +20,11 @@ export interface RenderOptions {
   tools: readonly ToolDefinition[];
   enableThinking: boolean | undefined;
   continueLastAssistant: boolean;
+  /**
+   * Applied to every client-supplied string (message text, tool calls and their arguments, tool definitions) before
+   * rendering, so that text the template did not write can be told apart afterwards (see prompt-tokens.ts).
+   */
+  protect?: (text: string) => string;
 }
 
 export interface RenderedPrompt {
@@ -72,7 +77,8 @@ export class ChatTemplate {
     return new ChatTemplate(source != null && source.trim() !== '' ? source : CHATML_FALLBACK, specials);
   }
 
-  render(messages: readonly ChatMessage[], options: RenderOptions): RenderedPrompt {
+  render(clientMessages: readonly ChatMessage[], options: RenderOptions): RenderedPrompt {
+    const { messages, tools } = options.protect === undefined ? { messages: clientMessages, tools: options.tools } : shield(clientMessages, options.tools, options.protect);
     const last = messages[messages.length - 1];
     const prefix = options.continueLastAssistant && last?.role === 'assistant' ? last.content : undefined;
     const history = prefix === undefined ? messages : messages.slice(0, -1);
@@ -80,8 +86,8 @@ export class ChatTemplate {
     const enableThinking = options.enableThinking ?? true;
 
     let text = this.apply({
-      messages: hermes ? history.map(toTemplateMessage) : withInjectedTools(history, options.tools),
-      tools: hermes && options.tools.length > 0 ? options.tools.map(toTemplateTool) : undefined,
+      messages: hermes ? history.map(toTemplateMessage) : withInjectedTools(history, tools),
+      tools: hermes && tools.length > 0 ? tools.map(toTemplateTool) : undefined,
       add_generation_prompt: true,
       bos_token: this.specials.bos,
       eos_token: this.specials.eos,
@@ -112,6 +118,44 @@ export function detectFeatures(source: string): TemplateFeatures {
     reasoning: source.includes('<think>'),
     thinkingToggle: source.includes('enable_thinking'),
   };
+}
+
+/**
+ * Copies of the messages and tools with `protect` applied to every string in them. Arguments are shielded after
+ * JSON parsing, since templates print them with `tojson`, which would turn an escaped `\u003c` back into `<`.
+ */
+function shield(
+  messages: readonly ChatMessage[],
+  tools: readonly ToolDefinition[],
+  protect: (text: string) => string,
+): { messages: ChatMessage[]; tools: ToolDefinition[] } {
+  const deep = (value: unknown): unknown => {
+    if (typeof value === 'string') return protect(value);
+    if (Array.isArray(value)) return value.map(deep);
+    if (typeof value === 'object' && value !== null) {
+      return Object.fromEntries(Object.entries(value).map(([key, item]) => [protect(key), deep(item)]));
+    }
+    return value;
+  };
+  const shieldArguments = (text: string): string => {
+    const value = parseArguments(text);
+    return typeof value === 'string' ? protect(text) : JSON.stringify(deep(value));
+  };
+  try {
+    return {
+      messages: messages.map((message) => {
+        const out: ChatMessage = { ...message, content: protect(message.content) };
+        if (message.toolCalls !== undefined) {
+          out.toolCalls = message.toolCalls.map((call) => ({ id: protect(call.id), name: protect(call.name), arguments: shieldArguments(call.arguments) }));
+        }
+        if (message.toolCallId !== undefined) out.toolCallId = protect(message.toolCallId);
+        return out;
+      }),
+      tools: tools.map((tool) => deep(tool) as ToolDefinition),
+    };
+  } catch (error) {
+    throw new TemplateError(`These messages cannot be rendered: ${messageOf(error)}`);
+  }
 }
 
 function endsInsideThink(text: string): boolean {
