@@ -4,13 +4,13 @@
  * fill max_tokens. Here every value is written in one canonical layout (json.dumps's `{"a": 1, "b": [1, 2]}`), and a
  * keyword the grammar cannot enforce is an UnsupportedSchemaError, never silently dropped.
  */
-import { canonicalJson, FIXED_RULES, gbnfLiteral, integerRange, MAX_INTEGER, NUMBER_FORMATS, STRING_FORMATS } from './gbnf-text.js';
+import { arrayRule, objectRule } from './container-rules.js';
+import { FIXED_RULES, gbnfLiteral, NUMBER_FORMATS, STRING_FORMATS } from './gbnf-text.js';
+import { checkLeftRecursion, leftRecursion, type LeftEdge } from './left-recursion.js';
+import { integerRule, literalRule, numberRule, schemaTypes, stringRule, type ScalarSink } from './scalar-rules.js';
 import {
-  at, COMBINATORS, count, isAnnotation, isNumericFormat, isObject, LITERAL_CHECKS, literalMatches, numericBounds, refPointer,
-  resolvePointer, SUPPORTED, TYPES, UnsupportedSchemaError, type JsonType, type Schema,
+  at, COMBINATORS, isAnnotation, isObject, refPointer, resolvePointer, SUPPORTED, UnsupportedSchemaError, type JsonType, type Schema,
 } from './schema-keywords.js';
-
-import { arrayItems, objectMembers, repeat, type Member, type RuleSink } from './gbnf-layout.js';
 import { MAX_ALTERNATIVES, WidthMeter } from './schema-width.js';
 
 export { UnsupportedSchemaError } from './schema-keywords.js';
@@ -34,7 +34,7 @@ interface Scope {
   /** Rule names of the `$ref` targets compiled so far, by JSON pointer. */
   refs: Map<string, string>;
   /** Target `from` may begin with target `to` (nothing written before it); a cycle here is left recursion. */
-  leftEdges: Array<{ from: string; to: string; refAt: string }>;
+  leftEdges: LeftEdge[];
   meter: WidthMeter;
 }
 /** The `$ref` targets entered, in order, since the last character the grammar writes. */
@@ -42,7 +42,7 @@ type LeftRefs = readonly string[];
 const NO_LEFT: LeftRefs = [];
 
 /** Builds one GBNF grammar out of several pieces; rule names are unique and safe ([a-z0-9-]+). */
-export class GbnfBuilder implements RuleSink {
+export class GbnfBuilder implements ScalarSink {
   private readonly rules = new Map<string, string | undefined>([['root', undefined]]);
   private readonly scopes = new Map<unknown, Scope>();
   /** Next free numeric suffix per base name: a linear probe was quadratic over 10,000 like-named rules. */
@@ -63,7 +63,7 @@ export class GbnfBuilder implements RuleSink {
     if (!scope) this.scopes.set(document, (scope = { root: document, refs: new Map(), leftEdges: [], meter: new WidthMeter(document) }));
     // The document itself goes through the `#` entry, so a `{"$ref": "#"}` inside it reuses this rule.
     const name = schema === document ? this.ref('', scope, NO_LEFT, nameHint, '') : this.value(schema, '', scope, nameHint);
-    checkLeftRecursion(scope);
+    checkLeftRecursion(scope.leftEdges);
     return name;
   }
 
@@ -128,7 +128,7 @@ export class GbnfBuilder implements RuleSink {
   }
 
   /** A fixed rule (and those it refers to), added once under its own name. */
-  private fixed(name: string): string {
+  fixed(name: string): string {
     if (this.rules.has(name)) return name;
     const body = FIXED_RULES[name];
     if (body === undefined) throw new Error(`no fixed GBNF rule ${name}`);
@@ -184,7 +184,7 @@ export class GbnfBuilder implements RuleSink {
       throw new UnsupportedSchemaError(pointer, message);
     }
 
-    if ('enum' in schema || 'const' in schema) return this.literals(schema, pointer, hint);
+    if ('enum' in schema || 'const' in schema) return literalRule(this, schema, pointer, hint);
     const combinator = COMBINATORS.find((key) => key in schema);
     if (combinator !== undefined) {
       const sibling = Object.keys(schema).find((key) => key !== combinator && key !== 'nullable' && !isAnnotation(key));
@@ -195,7 +195,7 @@ export class GbnfBuilder implements RuleSink {
       return nullable ? `${inner} | "null"` : inner;
     }
 
-    const types = this.types(schema, pointer);
+    const types = schemaTypes(schema, pointer);
     if (types === undefined) return this.anyValue();
     if (nullable && !types.includes('null')) types.push('null');
     const alternatives = types
@@ -243,54 +243,6 @@ export class GbnfBuilder implements RuleSink {
     return name;
   }
 
-  /** enum/const: their values, checked against the sibling keywords, as canonical JSON literals. */
-  private literals(schema: Schema, pointer: string, hint: string): string {
-    for (const key of Object.keys(schema)) {
-      if (key === 'enum' || key === 'const' || key === 'nullable' || isAnnotation(key)) continue;
-      if (!LITERAL_CHECKS.has(key)) {
-        const other = 'enum' in schema ? 'enum' : 'const';
-        throw new UnsupportedSchemaError(at(pointer, key), `'${key}' alongside '${other}' is not supported`);
-      }
-    }
-    let values: unknown[];
-    if ('enum' in schema) {
-      if (!Array.isArray(schema.enum) || schema.enum.length === 0) {
-        throw new UnsupportedSchemaError(at(pointer, 'enum'), "'enum' must be a non-empty array");
-      }
-      values = schema.enum;
-      if ('const' in schema) values = values.filter((value) => canonicalJson(value) === canonicalJson(schema.const));
-    } else {
-      values = [schema.const];
-    }
-    const types = 'type' in schema ? this.types(schema, pointer) : undefined;
-    const allowed = values.filter((value) => literalMatches(value, schema, types, pointer));
-    if (allowed.length === 0) {
-      throw new UnsupportedSchemaError(at(pointer, 'enum' in schema ? 'enum' : 'const'), 'no value satisfies the rest of the schema');
-    }
-    const texts = [...new Set(allowed.map((value) => gbnfLiteral(canonicalJson(value))))];
-    return this.named(hint, texts.join(' | '));
-  }
-
-  /** The types a schema allows: `type`, else inferred from the keywords present; undefined for "any value". */
-  private types(schema: Schema, pointer: string): JsonType[] | undefined {
-    const type = schema.type;
-    if (type !== undefined) {
-      const list = Array.isArray(type) ? type : [type];
-      if (list.length === 0 || list.some((item) => !TYPES.includes(item as JsonType))) {
-        throw new UnsupportedSchemaError(at(pointer, 'type'), `'type' must be one of ${TYPES.join(', ')}, or an array of them`);
-      }
-      return [...new Set(list as JsonType[])];
-    }
-    const inferred: JsonType[] = [];
-    const has = (...keys: string[]) => keys.some((key) => key in schema);
-    if (has('properties', 'required', 'additionalProperties')) inferred.push('object');
-    if (has('items', 'prefixItems', 'additionalItems', 'minItems', 'maxItems')) inferred.push('array');
-    const numericFormat = isNumericFormat(schema.format);
-    if (has('minLength', 'maxLength') || (has('format') && !numericFormat)) inferred.push('string');
-    if (has('minimum', 'maximum', 'exclusiveMinimum', 'exclusiveMaximum') || numericFormat) inferred.push('number');
-    return inferred.length > 0 ? inferred : undefined;
-  }
-
   private typed(type: JsonType, schema: Schema, pointer: string, scope: Scope, hint: string): string {
     switch (type) {
       case 'null':
@@ -298,141 +250,17 @@ export class GbnfBuilder implements RuleSink {
       case 'boolean':
         return '("true" | "false")';
       case 'string':
-        return this.string(schema, pointer, hint);
+        return stringRule(this, schema, pointer, hint);
       case 'integer':
-        return this.integer(schema, pointer, hint);
+        return integerRule(this, schema, pointer, hint);
       case 'number':
         // ajv-formats' int32/int64 only accept integers, whatever the type.
-        return schema.format === 'int32' || schema.format === 'int64' ? this.integer(schema, pointer, hint) : this.number(schema, pointer);
+        return schema.format === 'int32' || schema.format === 'int64' ? integerRule(this, schema, pointer, hint) : numberRule(this, schema, pointer);
       case 'object':
-        return this.object(schema, pointer, scope, hint);
+        return objectRule(this, schema, pointer, (sub, at, subHint) => this.value(sub, at, scope, subHint), hint);
       case 'array':
-        return this.array(schema, pointer, scope, hint);
+        return arrayRule(this, schema, pointer, (sub, at, subHint) => this.value(sub, at, scope, subHint), hint);
     }
-  }
-
-  private string(schema: Schema, pointer: string, hint: string): string {
-    const minLength = count(schema, 'minLength', pointer) ?? 0;
-    const maxLength = count(schema, 'maxLength', pointer);
-    if (maxLength !== undefined && minLength > maxLength) {
-      throw new UnsupportedSchemaError(at(pointer, 'minLength'), "'minLength' is greater than 'maxLength'");
-    }
-    // Numeric formats do not apply to strings; compile has rejected unknown ones.
-    const format = schema.format;
-    if (typeof format === 'string' && !isNumericFormat(format)) {
-      const known = STRING_FORMATS[format]!;
-      // Bounds are fine when every value of the format satisfies them already.
-      if (known.minLength < minLength || (maxLength !== undefined && known.maxLength > maxLength)) {
-        const key = 'minLength' in schema ? 'minLength' : 'maxLength';
-        throw new UnsupportedSchemaError(at(pointer, key), `length bounds on 'format' ${JSON.stringify(format)} are not supported`);
-      }
-      return `"\\"" ${this.fixed(known.rule)} "\\""`;
-    }
-    if (minLength === 0 && maxLength === undefined) return this.fixed('json-string');
-    return this.named(`${hint}-string`, `"\\"" ${repeat(this, this.fixed('json-char'), minLength, maxLength, `${hint}-chars`)} "\\""`);
-  }
-
-  private integer(schema: Schema, pointer: string, hint: string): string {
-    let lo = -MAX_INTEGER;
-    let hi = MAX_INTEGER;
-    let bounded = false;
-    const format = isNumericFormat(schema.format) ? NUMBER_FORMATS[schema.format] : undefined;
-    if (format) [lo, hi, bounded] = [format.lo, format.hi, true];
-    for (const [key, bound] of numericBounds(schema, pointer)) {
-      bounded = true;
-      if (key === 'minimum') lo = max(lo, ceil(bound));
-      else if (key === 'exclusiveMinimum') lo = max(lo, floor(bound) + 1n);
-      else if (key === 'maximum') hi = min(hi, floor(bound));
-      else hi = min(hi, ceil(bound) - 1n);
-    }
-    if (!bounded) return this.fixed('json-integer');
-    lo = max(lo, -MAX_INTEGER);
-    hi = min(hi, MAX_INTEGER);
-    if (lo > hi) throw new UnsupportedSchemaError(pointer, `no integer of at most 16 digits satisfies the bounds`);
-    return this.named(`${hint}-integer`, integerRange(lo, hi));
-  }
-
-  private number(schema: Schema, pointer: string): string {
-    const [bound] = numericBounds(schema, pointer);
-    if (bound) throw new UnsupportedSchemaError(at(pointer, bound[0]), `'${bound[0]}' is only supported for integers`);
-    return this.fixed('json-number');
-  }
-
-  private object(schema: Schema, pointer: string, scope: Scope, hint: string): string {
-    const properties = schema.properties ?? {};
-    if (!isObject(properties)) throw new UnsupportedSchemaError(at(pointer, 'properties'), "'properties' must be an object");
-    const required = schema.required ?? [];
-    if (!Array.isArray(required) || required.some((name) => typeof name !== 'string')) {
-      throw new UnsupportedSchemaError(at(pointer, 'required'), "'required' must be an array of strings");
-    }
-    const extra = schema.additionalProperties;
-    if (extra !== undefined && typeof extra !== 'boolean' && !isObject(extra)) {
-      throw new UnsupportedSchemaError(at(pointer, 'additionalProperties'), "'additionalProperties' must be a schema");
-    }
-    const members: Member[] = [];
-    const member = (name: string, value: string, isRequired: boolean) =>
-      members.push({ text: `${gbnfLiteral(`${JSON.stringify(name)}: `)} ${value}`, required: isRequired });
-    const requiredSet = new Set(required as string[]);
-    for (const [name, propertySchema] of Object.entries(properties)) {
-      const isRequired = requiredSet.has(name);
-      // A property whose schema is false may only be absent.
-      if (propertySchema === false && !isRequired) continue;
-      const propertyHint = `${hint}-${name}`;
-      member(name, this.value(propertySchema, at(pointer, 'properties', name), scope, propertyHint), isRequired);
-    }
-    // Required but undeclared: the value is whatever additionalProperties allows.
-    for (const name of requiredSet) {
-      if (Object.hasOwn(properties, name)) continue;
-      if (extra === false) {
-        throw new UnsupportedSchemaError(at(pointer, 'required'), `required property ${JSON.stringify(name)} is not allowed by 'additionalProperties'`);
-      }
-      member(name, isObject(extra) ? this.value(extra, at(pointer, 'additionalProperties'), scope, `${hint}-${name}`) : this.anyValue(), true);
-    }
-    const optionalCount = members.reduce((sum, item) => sum + (item.required ? 0 : 1), 0);
-    if (optionalCount > MAX_ALTERNATIVES) {
-      throw new UnsupportedSchemaError(at(pointer, 'properties'), `more than ${MAX_ALTERNATIVES} optional properties are not supported`);
-    }
-    if (members.length === 0) {
-      // A map of string keys only when additional properties are asked for; without it, `{}` is the one valid choice.
-      if (extra === undefined || extra === false) return '"{}"';
-      const value = extra === true ? this.anyValue() : this.value(extra, at(pointer, 'additionalProperties'), scope, `${hint}-value`);
-      const entry = this.addRule(`${hint}-entry`, `${this.fixed('json-string')} ": " ${value}`);
-      return `"{" (${entry} (", " ${entry})*)? "}"`;
-    }
-    return objectMembers(this, members, hint);
-  }
-
-  private array(schema: Schema, pointer: string, scope: Scope, hint: string): string {
-    const tuple = Array.isArray(schema.items);
-    const prefix = schema.prefixItems ?? (tuple ? schema.items : []);
-    if (!Array.isArray(prefix)) throw new UnsupportedSchemaError(at(pointer, 'prefixItems'), "'prefixItems' must be an array of schemas");
-    const prefixKey = 'prefixItems' in schema ? 'prefixItems' : 'items';
-    const restKey = tuple ? 'additionalItems' : 'items';
-    if (tuple && 'prefixItems' in schema) {
-      throw new UnsupportedSchemaError(at(pointer, 'items'), "an array 'items' alongside 'prefixItems' is not supported");
-    }
-    if (!tuple && 'additionalItems' in schema) {
-      throw new UnsupportedSchemaError(at(pointer, 'additionalItems'), "'additionalItems' needs an array 'items'");
-    }
-    const rest = schema[restKey] ?? true;
-    const lo = count(schema, 'minItems', pointer) ?? 0;
-    let hi = count(schema, 'maxItems', pointer);
-    // A false schema at position i, or no more items after the prefix, caps the length.
-    let fixedCount = prefix.findIndex((item) => item === false);
-    if (fixedCount === -1) fixedCount = prefix.length;
-    if (fixedCount < prefix.length || rest === false) hi = Math.min(hi ?? fixedCount, fixedCount);
-    if (hi !== undefined && lo > hi) {
-      throw new UnsupportedSchemaError(at(pointer, 'minItems'), "'minItems' exceeds the number of items the schema allows");
-    }
-    if (hi === 0) return '"[]"';
-
-    const usedPrefix = Math.min(fixedCount, hi ?? fixedCount);
-    const items = prefix.slice(0, usedPrefix).map((item, index) =>
-      this.value(item, at(pointer, prefixKey, index), scope, `${hint}-${index}`),
-    );
-    const needsRest = hi === undefined || hi > usedPrefix;
-    const restRule = needsRest ? this.value(rest, at(pointer, restKey), scope, `${hint}-item`) : '';
-    return arrayItems(this, items, restRule, lo, hi, hint);
   }
 }
 
@@ -446,65 +274,4 @@ export function jsonSchemaGrammar(schema: unknown): string {
 export function jsonObjectGrammar(): string {
   const builder = new GbnfBuilder();
   return builder.build(builder.anyObject());
-}
-
-// ---- schema helpers ----
-
-/**
- * A `$ref` cycle with nothing written in between would be left recursion, which llama.cpp rejects. Most are caught
- * as they are entered; one first entered from inside an object or array only shows in the graph of left edges.
- */
-function checkLeftRecursion(scope: Scope): void {
-  const edges = new Map<string, Array<{ to: string; refAt: string }>>();
-  for (const { from, to, refAt } of scope.leftEdges) {
-    const list = edges.get(from);
-    if (list) list.push({ to, refAt });
-    else edges.set(from, [{ to, refAt }]);
-  }
-  // Depth-first search with an explicit stack (a chain of refs can be thousands long): an edge to a node still open
-  // closes a cycle.
-  const state = new Map<string, 'open' | 'done'>();
-  for (const start of edges.keys()) {
-    if (state.has(start)) continue;
-    state.set(start, 'open');
-    const stack: Array<{ node: string; next: number }> = [{ node: start, next: 0 }];
-    while (stack.length > 0) {
-      const top = stack[stack.length - 1]!;
-      const edge = edges.get(top.node)?.[top.next++];
-      if (edge === undefined) {
-        state.set(top.node, 'done');
-        stack.pop();
-      } else if (state.get(edge.to) === 'open') {
-        throw leftRecursion(edge.refAt, edge.to);
-      } else if (!state.has(edge.to)) {
-        state.set(edge.to, 'open');
-        stack.push({ node: edge.to, next: 0 });
-      }
-    }
-  }
-}
-
-function leftRecursion(refAt: string, target: string): UnsupportedSchemaError {
-  return new UnsupportedSchemaError(refAt, `'$ref' "#${target}" refers back to itself before any value is written`);
-}
-
-function ceil(value: number): bigint {
-  return BigInt(Math.ceil(clampDouble(value)));
-}
-
-function floor(value: number): bigint {
-  return BigInt(Math.floor(clampDouble(value)));
-}
-
-/** Bounds far beyond ±MAX_INTEGER act like ±MAX_INTEGER; keeping them finite-sized keeps BigInt cheap. */
-function clampDouble(value: number): number {
-  return Math.max(-1e17, Math.min(1e17, value));
-}
-
-function max(a: bigint, b: bigint): bigint {
-  return a > b ? a : b;
-}
-
-function min(a: bigint, b: bigint): bigint {
-  return a < b ? a : b;
 }
