@@ -49,12 +49,28 @@ const configSchema = z.strictObject({
       body_timeout_ms: z.int().min(1).optional(),
       /** On SIGTERM/SIGINT, how long requests in flight may take to finish before they are ended (default 30 s). */
       drain_timeout_ms: z.int().min(0).optional(),
+      /** Bounds on one request's size, checked before any work on it; each excess is a 400 naming the field. */
+      limits: z
+        .strictObject({
+          max_messages: z.int().min(1).optional(),
+          /** Content parts over all messages together. */
+          max_content_parts: z.int().min(1).optional(),
+          max_tools: z.int().min(1).optional(),
+          /** UTF-8 bytes of all client text together (contents, tool call arguments, tool descriptions). */
+          max_text_bytes: z.int().min(1).optional(),
+          /** JSON nesting of a tool's parameters or a json_schema. */
+          max_schema_depth: z.int().min(1).optional(),
+          /** JSON values in one such schema. */
+          max_schema_nodes: z.int().min(1).optional(),
+        })
+        .optional(),
     })
     .optional(),
   models: z.array(modelSchema).min(1, 'at least one model is required'),
 });
 
 export type ModelConfig = z.infer<typeof modelSchema>;
+export type LimitsConfig = NonNullable<NonNullable<z.infer<typeof configSchema>['server']>['limits']>;
 export type FileConfig = z.infer<typeof configSchema>;
 
 export class ConfigError extends Error {

@@ -59,6 +59,8 @@ export interface ChatRequest {
   maxTokens: number;
   /** False when `max_tokens` took the seed's default: then it may shrink to what the context has left. */
   maxTokensExplicit: boolean;
+  /** Set when the client gave the limit as `max_completion_tokens`, so that errors name that field (else `max_tokens`). */
+  maxTokensParam?: 'max_tokens' | 'max_completion_tokens';
   stop: string[];
   sampling: SamplingParams;
   n: number;

@@ -6,6 +6,7 @@
  */
 import { z } from 'zod';
 
+/** Default of the server's tool limit (OpenAI's). */
 export const MAX_TOOLS = 128;
 export const MAX_STOP_SEQUENCES = 4;
 export const TOOL_NAME_PATTERN = /^[a-zA-Z0-9_-]{1,64}$/;
@@ -107,7 +108,8 @@ export const chatCompletionRequestSchema = z.object({
   n: optional(z.int().min(1)),
   seed: optional(z.int()),
   response_format: optional(responseFormat),
-  tools: optional(z.array(functionTool).max(MAX_TOOLS)),
+  // Counted before validation against the server's limit (core/normalize-request.ts).
+  tools: optional(z.array(functionTool)),
   tool_choice: optional(toolChoice),
   parallel_tool_calls: optional(z.boolean()),
   stream_options: optional(z.object({ include_usage: optional(z.boolean()) })),

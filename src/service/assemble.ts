@@ -2,10 +2,10 @@
  * Builds the running service from configuration: one engine per distinct GGUF file, shared by every id that
  * points at it.
  */
-import { ConfigError, type ModelConfig } from '../config/config.js';
+import { ConfigError, type LimitsConfig, type ModelConfig } from '../config/config.js';
 import type { ChatEngine } from '../core/engine.js';
 import { LlamaEngine, type LlamaEngineSettings } from '../engines/llama/llama-engine.js';
-import { ChatService } from './chat-service.js';
+import { ChatService, type RequestLimits } from './chat-service.js';
 import { ModelRegistry } from './model-registry.js';
 
 export const KILN_VERSION = '0.1.0';
@@ -26,7 +26,7 @@ export interface Kiln {
   close(): Promise<void>;
 }
 
-export async function assembleKiln(models: ModelConfig[], options: { maxChoices?: number } = {}): Promise<Kiln> {
+export async function assembleKiln(models: ModelConfig[], options: { maxChoices?: number; limits?: LimitsConfig } = {}): Promise<Kiln> {
   const registry = new ModelRegistry();
   const engines = new Map<string, Promise<ChatEngine>>();
   const firstByFile = new Map<string, ModelConfig>();
@@ -56,9 +56,22 @@ export async function assembleKiln(models: ModelConfig[], options: { maxChoices?
   }
   const service = new ChatService(registry, {
     maxChoices: options.maxChoices ?? MODEL_DEFAULTS.maxChoices,
+    limits: requestLimits(options.limits ?? {}),
     systemFingerprint: `kiln-${KILN_VERSION}`,
   });
   return { service, registry, close: () => registry.close() };
+}
+
+/** Unset limits stay unset: normalizeChatRequest and the schema checks hold the defaults. */
+function requestLimits(config: LimitsConfig): RequestLimits {
+  const limits: RequestLimits = {};
+  if (config.max_messages !== undefined) limits.maxMessages = config.max_messages;
+  if (config.max_content_parts !== undefined) limits.maxContentParts = config.max_content_parts;
+  if (config.max_tools !== undefined) limits.maxTools = config.max_tools;
+  if (config.max_text_bytes !== undefined) limits.maxTextBytes = config.max_text_bytes;
+  if (config.max_schema_depth !== undefined) limits.maxSchemaDepth = config.max_schema_depth;
+  if (config.max_schema_nodes !== undefined) limits.maxSchemaNodes = config.max_schema_nodes;
+  return limits;
 }
 
 function engineSettings(model: ModelConfig): LlamaEngineSettings {

@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { isProModel, offeredTools, type ChatRequest } from '../core/chat-request.js';
 import type { EngineRun } from '../core/engine.js';
 import { mergeIterators } from '../core/merge-iterators.js';
-import { normalizeChatRequest } from '../core/normalize-request.js';
+import { normalizeChatRequest, type NormalizeOptions } from '../core/normalize-request.js';
 import { ChoicePostProcessor, type ChoiceDelta, type ChoiceUpdate } from '../core/postprocess/choice-processor.js';
 import { KilnError } from '../errors/catalog.js';
 import type {
@@ -20,8 +20,12 @@ import type {
 } from '../protocol/response.js';
 import type { ModelRegistry } from './model-registry.js';
 
+/** The configurable bounds on one request (unset: normalizeChatRequest's defaults). */
+export type RequestLimits = Omit<NormalizeOptions, 'maxChoices'>;
+
 export interface ChatServiceOptions {
   maxChoices: number;
+  limits?: RequestLimits;
   systemFingerprint: string;
 }
 
@@ -46,7 +50,7 @@ export class ChatService {
   }
 
   async create(body: unknown, signal: AbortSignal, caller: Caller = { pro: true }): Promise<ChatResult> {
-    const request = normalizeChatRequest(body, { maxChoices: this.options.maxChoices });
+    const request = normalizeChatRequest(body, { ...this.options.limits, maxChoices: this.options.maxChoices });
     const { engine } = this.registry.resolve(request.model);
     if (isProModel(request.model) && !caller.pro) {
       throw new KilnError('modelNotAllowed', { param: 'model', message: `This API key may not use '${request.model}' (a Pro tier model).` });

@@ -195,9 +195,10 @@ export class LlamaEngine implements ChatEngine {
     const left = contextSize - promptTokens;
     if (request.maxTokens <= left) return request.maxTokens;
     if (!request.maxTokensExplicit) return left;
+    const param = request.maxTokensParam ?? 'max_tokens';
     throw new KilnError('contextLengthExceeded', {
-      param: 'max_tokens',
-      message: `This model's maximum context length is ${contextSize} tokens. However, you requested ${promptTokens + request.maxTokens} tokens (${promptTokens} in the messages, ${request.maxTokens} in the completion). Please reduce the length of the messages or max_tokens.`,
+      param,
+      message: `This model's maximum context length is ${contextSize} tokens. However, you requested ${promptTokens + request.maxTokens} tokens (${promptTokens} in the messages, ${request.maxTokens} in the completion). Please reduce the length of the messages or ${param}.`,
     });
   }
 }
