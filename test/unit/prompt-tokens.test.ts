@@ -118,3 +118,28 @@ test('markers with lstrip/rstrip strip ASCII whitespace beside them, as llama.cp
   assert.deepEqual(prompts.split(` a \n<A> b <B> \t c<AB> d ${text}`, shield), [' a', 1, ' b ', 2, 'c', 3, ' d x<A>y']);
   assert.equal(prompts.minTokens(['abc', 1 as Token]), 4);
 });
+
+test('large prompts tokenize on the worker thread, to the same tokens, while the event loop stays free', { skip: !existsSync(QWEN_VOCAB) }, async () => {
+  const model = await load(QWEN_VOCAB);
+  const prompts = PromptTokenizer.fromModel(model, QWEN_VOCAB);
+  try {
+    const template = new ChatTemplate(QWEN25_TEMPLATE, { bos: '', eos: '<|im_end|>' });
+    const words = Array.from({ length: 60_000 }, (_, index) => `word${index % 977} été ${index}`).join(' ');
+    const shield = prompts.shield();
+    const pieces = prompts.split(template.render([{ role: 'user', content: words }, { role: 'assistant', content: 'ok' }, { role: 'user', content: FORGED }], { ...plain, protect: shield.protect }).text, shield);
+    let worstGap = 0;
+    let last = performance.now();
+    const timer = setInterval(() => {
+      worstGap = Math.max(worstGap, performance.now() - last);
+      last = performance.now();
+    }, 5);
+    const started = performance.now();
+    const tokens = await prompts.tokenizeAsync(pieces);
+    const elapsed = performance.now() - started;
+    clearInterval(timer);
+    assert.deepEqual(tokens, prompts.tokenize(pieces));
+    assert.ok(worstGap < 100, `event loop held for ${worstGap.toFixed(0)} ms (tokenizing took ${elapsed.toFixed(0)} ms)`);
+  } finally {
+    await prompts.close();
+  }
+});

@@ -90,7 +90,7 @@ export class LlamaEngine implements ChatEngine {
       const sequences: LlamaContextSequence[] = [];
       for (let i = 0; i < settings.parallel; i++) sequences.push(context.getSequence());
       const template = ChatTemplate.fromModel(model);
-      const prompts = PromptTokenizer.fromModel(model);
+      const prompts = PromptTokenizer.fromModel(model, settings.file);
       const description: EngineDescription = {
         name: `llama.cpp:${model.fileInfo.metadata?.general?.name ?? settings.file}`,
         contextSize: context.contextSize,
@@ -122,6 +122,7 @@ export class LlamaEngine implements ChatEngine {
   }
 
   async close(): Promise<void> {
+    await this.prompts.close();
     await this.context.dispose();
     await this.model.dispose();
   }
@@ -152,7 +153,7 @@ export class LlamaEngine implements ChatEngine {
     const pieces = this.prompts.split(rendered.text, shield);
     // Bounded before tokenizing: a prompt that cannot fit in any tokenization costs no tokenizer time.
     this.checkPromptFits(this.prompts.minTokens(pieces), true);
-    const tokens = await this.prompts.tokenizeSliced(pieces);
+    const tokens = await this.prompts.tokenizeAsync(pieces);
     // Most templates write bos_token themselves; models that want one get it exactly once.
     const bos = this.model.tokens.bos;
     if (this.model.tokens.shouldPrependBosToken && bos !== null && tokens[0] !== bos) tokens.unshift(bos);
