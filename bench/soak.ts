@@ -1,0 +1,287 @@
+/**
+ * `npm run soak` — starts the real server (bin/kiln.cjs → dist/) on tiny random-weight models and leans on it the way
+ * hostile or unlucky clients do, printing figures per part, each with the server's RSS before, after and at peak and
+ * the worst and p99 latency of `/health` polled every 20 ms meanwhile (the server exposes no event-loop metric; a
+ * health check that waits is the event loop that waits):
+ *   a  N fuzzed bodies (test/helpers/fuzz-bodies.ts, the fuzz test's generators at a larger scale): status tally,
+ *      anything that is neither a 2xx nor a contract 4xx/429/503
+ *   b  overload at 16× capacity (64 requests on parallel 4): status tally, time to the first refusal
+ *   c  1,000 streams aborted after their first chunk, then one n = 8 request that must be answered at once
+ *   d  7 streams reading normally, without and with one stream whose client stopped reading (parallel 8): their
+ *      aggregate tokens/s as a ratio (median of alternated rounds), and whether the stalled request ends after the
+ *      stall timeout and frees its sequence
+ *   e  SIGTERM with streams running and one stalled reader: time to exit and what each client received
+ * Options: --bodies N (2000), --rounds R (3), --part a,b,c,d,e, --seed S, --arena-max N (MALLOC_ARENA_MAX for the
+ * server, to tell fragmentation from growth).
+ */
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { ensureTinyModel } from '../src/gguf/tiny-model.js';
+import { checkResponse, failureSignature } from '../test/helpers/contract-check.js';
+import { FUZZ_MODEL, FUZZ_REASONING_MODEL, SOAK_SCALE, sampleFuzzCases } from '../test/helpers/fuzz-bodies.js';
+import { REPO_ROOT, startKiln, writeConfig, type KilnProcess } from '../test/helpers/kiln-process.js';
+import { HealthPoller, RssWatch, StalledReader, post, send, stream, type StreamResult } from './soak-client.js';
+
+const { values: flags } = parseArgs({
+  options: {
+    bodies: { type: 'string', default: '2000' },
+    rounds: { type: 'string', default: '3' },
+    part: { type: 'string', default: 'a,b,c,d,e' },
+    seed: { type: 'string', default: '20261130' },
+    'arena-max': { type: 'string' },
+  },
+});
+const PARTS = new Set(flags.part!.split(','));
+const OVERLOAD = 'soak/overload';
+const STREAMS = 'soak/streams';
+const STALL_TIMEOUT_MS = 6_000;
+const DRAIN_TIMEOUT_MS = 4_000;
+/**
+ * A second id for the streams model, used by the stalled readers: every chunk repeats the model id, so ~3 KB per
+ * token fills a client's socket buffers (megabytes) in seconds rather than the minutes 250-byte chunks would take.
+ */
+const STALLED_ID = `soak/streams/${'x'.repeat(3_000)}`;
+const FUZZ_WORKERS = 4;
+const READERS = 7;
+const READER_TOKENS = 500;
+const STALLED_TOKENS = 16_000;
+const prompt = (text: string) => [{ role: 'system', content: 'You are a helpful assistant.' }, { role: 'user', content: text }];
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+interface Row {
+  part: string;
+  figure: string;
+  value: string;
+  rss: string;
+  health: string;
+}
+const rows: Row[] = [];
+
+async function measured(kiln: KilnProcess, poller: HealthPoller, part: string, run: () => Promise<Array<[string, string]>>): Promise<void> {
+  const pid = kiln.child.pid!;
+  poller.take();
+  const watch = await RssWatch.start(pid);
+  const started = performance.now();
+  const figures = await run();
+  const rss = await watch.stop();
+  const health = poller.take();
+  const rssText = `${rss.before.toFixed(0)} → ${rss.after.toFixed(0)} (peak ${rss.peak.toFixed(0)})`;
+  const healthText = `${health.worst.toFixed(0)} / ${health.p99.toFixed(0)}`;
+  console.error(`part ${part} done in ${((performance.now() - started) / 1000).toFixed(1)} s; RSS MiB ${rssText}; /health worst/p99 ms ${healthText} (${health.count} polls)`);
+  figures.forEach(([figure, value], i) => rows.push({ part: i === 0 ? part : '', figure, value, rss: i === 0 ? rssText : '', health: i === 0 ? healthText : '' }));
+}
+
+const tallyText = (tally: Map<string | number, number>) => [...tally].sort((a, b) => String(a[0]).localeCompare(String(b[0]))).map(([k, v]) => `${k}: ${v}`).join(', ');
+function count<K>(tally: Map<K, number>, key: K): void {
+  tally.set(key, (tally.get(key) ?? 0) + 1);
+}
+
+async function fuzzPart(url: string): Promise<Array<[string, string]>> {
+  const cases = sampleFuzzCases(Number(flags.bodies), Number(flags.seed), SOAK_SCALE);
+  const tally = new Map<string | number, number>();
+  const failures = new Map<string, { count: number; example: string }>();
+  let slowest = { ms: 0, label: '' };
+  let next = 0;
+  const worker = async () => {
+    while (next < cases.length) {
+      const fuzzCase = cases[next++]!;
+      const headers: Record<string, string> = fuzzCase.contentType === undefined ? {} : { 'content-type': fuzzCase.contentType };
+      let failure: string | undefined;
+      try {
+        const result = await send(url, '/v1/chat/completions', fuzzCase.payload, headers, 120_000);
+        count(tally, result.status);
+        failure = checkResponse(result.status, result.contentType, result.body, { allowOverload: true });
+        if (result.ms > slowest.ms) slowest = { ms: result.ms, label: fuzzCase.label };
+      } catch (error) {
+        count(tally, 'no answer');
+        failure = `no answer: ${(error as Error).message}`;
+      }
+      if (failure === undefined) continue;
+      const group = failures.get(failureSignature(failure)) ?? { count: 0, example: `${fuzzCase.label.slice(0, 200)} → ${failure.slice(0, 200)}` };
+      group.count++;
+      failures.set(failureSignature(failure), group);
+    }
+  };
+  await Promise.all(Array.from({ length: FUZZ_WORKERS }, worker));
+  for (const { count: n, example } of failures.values()) console.error(`  FAIL ${n}×: ${example}`);
+  const bad = [...failures.values()].reduce((sum, g) => sum + g.count, 0);
+  return [
+    [`${cases.length} fuzzed bodies (seed ${flags.seed}), statuses`, tallyText(tally)],
+    ['not a 2xx / contract 4xx / 429 / 503', `${bad} (${failures.size} kinds)`],
+    ['slowest request', `${slowest.ms.toFixed(0)} ms: ${slowest.label.slice(0, 90)}`],
+  ];
+}
+
+async function overloadPart(url: string): Promise<Array<[string, string]>> {
+  const started = performance.now();
+  let firstRefusal = Number.NaN;
+  const tally = new Map<number | string, number>();
+  await Promise.all(
+    Array.from({ length: 64 }, async (_, i) => {
+      try {
+        const result = await post(url, { model: OVERLOAD, max_tokens: 256, messages: prompt(`Overload ${i}`) });
+        count(tally, result.status);
+        if (result.status !== 200 && Number.isNaN(firstRefusal)) firstRefusal = performance.now() - started;
+        if (![200, 429, 503].includes(result.status)) console.error(`  overload: ${result.status} ${result.body.slice(0, 200)}`);
+      } catch (error) {
+        count(tally, 'no answer');
+        console.error(`  overload: ${(error as Error).message}`);
+      }
+    }),
+  );
+  return [
+    ['64 requests on parallel 4 + queue 8, statuses', tallyText(tally)],
+    ['time to first refusal', `${firstRefusal.toFixed(0)} ms`],
+  ];
+}
+
+async function abortPart(url: string): Promise<Array<[string, string]>> {
+  const total = 1000;
+  const ends = new Map<string, number>();
+  let next = 0;
+  const worker = async () => {
+    while (next < total) {
+      const i = next++;
+      const result = await stream(url, { model: STREAMS, max_tokens: 256, messages: prompt(`Abort ${i}`) }, { abortAfterFirstChunk: true });
+      count(ends, result.status === 200 ? 'aborted' : `status ${result.status}`);
+    }
+  };
+  await Promise.all(Array.from({ length: 8 }, worker));
+  const probe = await post(url, { model: STREAMS, n: 8, max_tokens: 8, messages: prompt('After the aborts') }, 30_000);
+  return [
+    [`${total} streams aborted after the first chunk`, tallyText(ends)],
+    ['then one n = 8 request (all 8 sequences)', `${probe.status} in ${probe.ms.toFixed(0)} ms`],
+  ];
+}
+
+async function readersRound(url: string, round: number): Promise<number> {
+  const started = performance.now();
+  const results = await Promise.all(Array.from({ length: READERS }, (_, i) => stream(url, { model: STREAMS, max_tokens: READER_TOKENS, messages: prompt(`Reader ${round}.${i}`) })));
+  const seconds = (performance.now() - started) / 1000;
+  for (const result of results) if (result.end !== 'complete') console.error(`  reader: ${result.end} ${result.detail}`);
+  return results.reduce((sum, result) => sum + result.tokens, 0) / seconds;
+}
+
+async function stalledPart(url: string): Promise<Array<[string, string]>> {
+  const rounds = Number(flags.rounds);
+  const without: number[] = [];
+  const withStalled: number[] = [];
+  const verdicts: string[] = [];
+  let freed = '';
+  await readersRound(url, -1); // warm-up, not counted
+  for (let round = 0; round < rounds; round++) {
+    for (const stalled of round % 2 === 0 ? [false, true] : [true, false]) {
+      if (!stalled) {
+        without.push(await readersRound(url, round * 2));
+        console.error(`  round ${round} without: ${without.at(-1)!.toFixed(0)} tok/s`);
+        continue;
+      }
+      const reader = new StalledReader(url, { model: STALLED_ID, max_tokens: STALLED_TOKENS, messages: prompt(`Stalled ${round}`) });
+      const status = await reader.headers;
+      const full = await reader.backedUp(60_000);
+      withStalled.push(await readersRound(url, round * 2 + 1));
+      const closed = full === undefined ? undefined : await reader.serverClosed(full + STALL_TIMEOUT_MS + 3_000);
+      const got = await reader.drain(1_000);
+      const verdict =
+        status !== 200 ? `refused ${status}` : full === undefined ? 'never backed up' : closed === undefined ? `open > ${((STALL_TIMEOUT_MS + 3_000) / 1000).toFixed(0)} s` : `${((closed - full) / 1000).toFixed(1)} s`;
+      verdicts.push(verdict);
+      console.error(`  round ${round} with a stalled reader: ${withStalled.at(-1)!.toFixed(0)} tok/s; stalled request: ${verdict}; client got ${(got.bytes / 1e6).toFixed(1)} MB, ${got.end}`);
+      if (round === rounds - 1) {
+        const probe = await post(url, { model: STREAMS, n: 8, max_tokens: 4, messages: prompt('All sequences free?') }, 30_000);
+        freed = `${probe.status} in ${probe.ms.toFixed(0)} ms`;
+      }
+    }
+  }
+  const ratios = withStalled.map((value, i) => value / without[i]!);
+  const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+  const fmt = (values: number[]) => values.map((value) => value.toFixed(0)).join(' / ');
+  return [
+    [`${READERS} readers × ${READER_TOKENS} tokens, tok/s without a stalled reader (rounds)`, fmt(without)],
+    ['… with one stalled reader (n = 1, its socket buffers full)', fmt(withStalled)],
+    ['ratio with/without: median (spread)', `${median(ratios).toFixed(2)} (${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)})`],
+    [`stalled request ended, after its socket buffers filled (stall timeout ${STALL_TIMEOUT_MS} ms)`, verdicts.join(' / ')],
+    ['then one n = 8 request (all 8 sequences)', freed],
+  ];
+}
+
+async function sigtermPart(kiln: KilnProcess): Promise<Array<[string, string]>> {
+  const url = kiln.url;
+  const clients: Array<[string, Promise<StreamResult>]> = [
+    ['reader, 300 tokens', stream(url, { model: STREAMS, max_tokens: 300, messages: prompt('Term A') })],
+    ['reader, 300 tokens', stream(url, { model: STREAMS, max_tokens: 300, messages: prompt('Term B') })],
+    ['reader, 16000 tokens', stream(url, { model: STREAMS, max_tokens: STALLED_TOKENS, messages: prompt('Term C') })],
+  ];
+  const stalled = new StalledReader(url, { model: STALLED_ID, max_tokens: STALLED_TOKENS, messages: prompt('Term stalled') });
+  await stalled.headers;
+  const full = await stalled.backedUp(60_000);
+  const exited = new Promise<number | null>((resolve) => kiln.child.once('exit', (code) => resolve(code)));
+  const signalled = performance.now();
+  kiln.child.kill('SIGTERM');
+  let timer: NodeJS.Timeout | undefined;
+  const code = await Promise.race([exited, new Promise<string>((resolve) => (timer = setTimeout(() => resolve('still running after 60 s'), 60_000)))]);
+  clearTimeout(timer);
+  const exitMs = performance.now() - signalled;
+  const outcomes = await Promise.all(clients.map(async ([name, result]) => `${name}: ${describeEnd(await result)}`));
+  const got = await stalled.drain(1_000);
+  outcomes.push(`stalled reader${full === undefined ? ' (never backed up)' : ''}: ${got.end}${got.detail ? ` (${got.detail.slice(0, 60)})` : ''}`);
+  return [
+    [`SIGTERM with 3 streams and a stalled reader (drain ${DRAIN_TIMEOUT_MS} ms): exit`, typeof code === 'string' ? code : `code ${code} after ${exitMs.toFixed(0)} ms`],
+    ...outcomes.map((outcome): [string, string] => ['client', outcome]),
+  ];
+}
+
+function describeEnd(result: StreamResult): string {
+  return `${result.end}${result.detail ? ` (${result.detail.slice(0, 60)})` : ''}, ${result.tokens} tokens`;
+}
+
+async function main(): Promise<void> {
+  const [chat, reasoning, overload, streams] = await Promise.all([
+    ensureTinyModel({ flavor: 'qwen2.5' }),
+    ensureTinyModel({ flavor: 'r1-distill' }),
+    ensureTinyModel({ neverEnd: true, seed: 2 }),
+    ensureTinyModel({ neverEnd: true, seed: 3 }),
+  ]);
+  // One thread: the prebuilt llama.cpp spawns its threads per decode, which costs more than a tiny model's decode.
+  const small = { parallel: 4, context_size: 512, threads: 1, queue_depth: 16, queue_wait_ms: 30_000 };
+  const config = await writeConfig({
+    server: { stall_timeout_ms: STALL_TIMEOUT_MS, drain_timeout_ms: DRAIN_TIMEOUT_MS },
+    models: [
+      { id: FUZZ_MODEL, file: chat, ...small },
+      { id: FUZZ_REASONING_MODEL, file: reasoning, ...small },
+      { id: OVERLOAD, file: overload, parallel: 4, context_size: 1024, threads: 1, queue_depth: 8, queue_wait_ms: 2_000 },
+      { id: STREAMS, file: streams, parallel: 8, context_size: 16_500, threads: 1, queue_depth: 8, queue_wait_ms: 3_000 },
+      { id: STALLED_ID, file: streams },
+    ],
+  });
+  const env = flags['arena-max'] === undefined ? {} : { MALLOC_ARENA_MAX: flags['arena-max'] };
+  const kiln = await startKiln(['--config', config, '--log-level', 'warn'], env);
+  const poller = new HealthPoller(kiln.url);
+  const began = new Date().toISOString();
+  try {
+    if (PARTS.has('a')) await measured(kiln, poller, 'a fuzz', () => fuzzPart(kiln.url));
+    if (PARTS.has('b')) await measured(kiln, poller, 'b overload', () => overloadPart(kiln.url));
+    if (PARTS.has('c')) await measured(kiln, poller, 'c aborts', () => abortPart(kiln.url));
+    if (PARTS.has('d')) await measured(kiln, poller, 'd stalled reader', () => stalledPart(kiln.url));
+    if (PARTS.has('e')) await measured(kiln, poller, 'e SIGTERM', () => sigtermPart(kiln));
+  } finally {
+    await poller.stop();
+    await kiln.stop();
+  }
+  const escape = (text: string) => text.replaceAll('|', '\\|');
+  const table = [
+    `Kiln soak — ${began} — tiny models, threads 1, stall timeout ${STALL_TIMEOUT_MS} ms, drain ${DRAIN_TIMEOUT_MS} ms${flags['arena-max'] ? `, MALLOC_ARENA_MAX=${flags['arena-max']}` : ''}`,
+    '',
+    '| part | figure | value | RSS MiB before → after (peak) | /health worst / p99 ms |',
+    '| --- | --- | --- | --- | --- |',
+    ...rows.map((row) => `| ${row.part} | ${escape(row.figure)} | ${escape(row.value)} | ${row.rss} | ${row.health} |`),
+  ].join('\n');
+  console.log(table);
+  const dir = join(REPO_ROOT, 'bench-results');
+  await mkdir(dir, { recursive: true });
+  const stamp = began.replaceAll(':', '-').slice(0, 19);
+  await writeFile(join(dir, `soak-${stamp}.md`), `${table}\n`);
+  console.error(`written to bench-results/soak-${stamp}.md`);
+}
+
+await main();
