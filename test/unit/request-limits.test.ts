@@ -29,7 +29,7 @@ test('messages: the default limit and a configured one, counted before validatin
   assert.equal(normalizeChatRequest(body({ messages: many(REQUEST_LIMIT_DEFAULTS.maxMessages) }), options()).messages.length, REQUEST_LIMIT_DEFAULTS.maxMessages);
   const error = rejection(body({ messages: many(REQUEST_LIMIT_DEFAULTS.maxMessages + 1) }));
   assert.equal(error.param, 'messages');
-  assert.match(error.message, /at most 2048/);
+  assert.match(error.message, /at most 1024/);
   // Invalid messages beyond the limit are not even looked at.
   const started = performance.now();
   assert.equal(rejection(body({ messages: Array.from({ length: 100_000 }, () => ({ role: 'bogus' })) })).param, 'messages');
