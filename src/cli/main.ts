@@ -8,8 +8,13 @@ import { parseArgs } from 'node:util';
 import { ConfigError, LOAD_MODES, loadConfigFile, type FileConfig, type ModelConfig } from '../config/config.js';
 import { ensureTinyModel } from '../gguf/tiny-model.js';
 import { buildHttpServer } from '../http/server.js';
+import { closeGracefully } from '../http/shutdown.js';
 import type { ApiKey } from '../http/auth.js';
 import { assembleKiln } from '../service/assemble.js';
+
+const DEFAULT_DRAIN_TIMEOUT_MS = 30_000;
+/** Past the drain deadline, how long closing connections and engines may take before the process exits anyway. */
+const SHUTDOWN_BACKSTOP_MS = 10_000;
 
 const USAGE = `Usage:
   kiln serve [--config kiln.yaml | --model file.gguf [--model-id id]] [options]
@@ -27,6 +32,8 @@ Options:
   --context-size <n>     tokens per sequence for --model
   --threads <n>          CPU threads for --model (default: usable cores)
   --load <memory|mmap>   how --model's weights are loaded (default memory: read into Kiln's memory)
+  --drain-timeout-ms <n> on SIGTERM/SIGINT, how long requests in flight may finish (default 30000); a second
+                         signal exits at once
   --log-level <level>    fatal, error, warn, info (default), debug
 `;
 
@@ -42,6 +49,7 @@ const options = {
   'context-size': { type: 'string' },
   threads: { type: 'string' },
   load: { type: 'string' },
+  'drain-timeout-ms': { type: 'string' },
   'log-level': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
@@ -76,7 +84,7 @@ function fail(message: string): never {
   process.exit(2);
 }
 
-function integerFlag(flags: Flags, name: 'port' | 'parallel' | 'context-size' | 'threads'): number | undefined {
+function integerFlag(flags: Flags, name: 'port' | 'parallel' | 'context-size' | 'threads' | 'drain-timeout-ms'): number | undefined {
   const raw = flags[name];
   if (raw === undefined) return undefined;
   const value = Number(raw);
@@ -111,6 +119,7 @@ async function serve(flags: Flags, configOverride?: FileConfig): Promise<{ url: 
   const config = configOverride ?? (await resolveConfig(flags));
   const host = flags.host ?? config.server?.host ?? '127.0.0.1';
   const port = integerFlag(flags, 'port') ?? config.server?.port ?? 8000;
+  const drainTimeoutMs = integerFlag(flags, 'drain-timeout-ms') ?? config.server?.drain_timeout_ms ?? DEFAULT_DRAIN_TIMEOUT_MS;
   const envKeys = (process.env.KILN_API_KEYS ?? '').split(',').map((key) => key.trim()).filter((key) => key !== '');
   const apiKeys: ApiKey[] = [...(config.server?.api_keys ?? []), ...envKeys, ...(flags['api-key'] ?? [])].map((entry) =>
     typeof entry === 'string' ? { key: entry, tier: 'pro' } : entry,
@@ -125,12 +134,19 @@ async function serve(flags: Flags, configOverride?: FileConfig): Promise<{ url: 
   }
 
   const startedAt = performance.now();
-  const kiln = await assembleKiln(config.models, config.server?.max_choices !== undefined ? { maxChoices: config.server.max_choices } : {});
+  const kiln = await assembleKiln(config.models, {
+    ...(config.server?.max_choices !== undefined ? { maxChoices: config.server.max_choices } : {}),
+    ...(config.server?.limits !== undefined ? { limits: config.server.limits } : {}),
+  });
+  const server = config.server ?? {};
   const app = buildHttpServer({
     service: kiln.service,
     apiKeys,
-    ...(config.server?.body_limit_bytes !== undefined ? { bodyLimitBytes: config.server.body_limit_bytes } : {}),
-    ...(config.server?.request_timeout_ms !== undefined ? { requestTimeoutMs: config.server.request_timeout_ms } : {}),
+    ...(server.body_limit_bytes !== undefined ? { bodyLimitBytes: server.body_limit_bytes } : {}),
+    ...(server.request_timeout_ms !== undefined ? { requestTimeoutMs: server.request_timeout_ms } : {}),
+    ...(server.stall_timeout_ms !== undefined ? { stallTimeoutMs: server.stall_timeout_ms } : {}),
+    ...(server.headers_timeout_ms !== undefined ? { headersTimeoutMs: server.headers_timeout_ms } : {}),
+    ...(server.body_timeout_ms !== undefined ? { bodyTimeoutMs: server.body_timeout_ms } : {}),
     ...(flags['log-level'] !== undefined ? { logLevel: flags['log-level'] } : {}),
   });
   const url = await app.listen({ host, port });
@@ -142,13 +158,29 @@ async function serve(flags: Flags, configOverride?: FileConfig): Promise<{ url: 
   process.stdout.write(`Kiln listening on ${url}\n`);
 
   let closing = false;
-  const shutdown = async (signal: string) => {
-    if (closing) return;
+  const shutdown = async (signal: NodeJS.Signals) => {
+    if (closing) {
+      app.log.warn(`${signal} again: exiting now`);
+      process.exit(signal === 'SIGINT' ? 130 : 143);
+    }
     closing = true;
-    app.log.info(`${signal}: shutting down`);
-    await app.close();
-    await kiln.close();
-    process.exit(0);
+    const began = performance.now();
+    app.log.info({ drainTimeoutMs }, `${signal}: draining, then exiting`);
+    // Whatever hangs (an engine that does not let go), the process exits.
+    setTimeout(() => {
+      app.log.error('shutdown did not complete in time: exiting');
+      process.exit(1);
+    }, drainTimeoutMs + SHUTDOWN_BACKSTOP_MS).unref();
+    let code = 0;
+    try {
+      const { endedAtDeadline, forced } = await closeGracefully(app, { drainTimeoutMs });
+      await kiln.close();
+      app.log.info({ endedAtDeadline, forcedClose: forced, shutdownMs: Math.round(performance.now() - began) }, 'stopped');
+    } catch (error) {
+      app.log.error({ err: error }, 'shutdown failed');
+      code = 1;
+    }
+    process.exit(code);
   };
   process.on('SIGINT', () => void shutdown('SIGINT'));
   process.on('SIGTERM', () => void shutdown('SIGTERM'));

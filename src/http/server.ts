@@ -1,13 +1,15 @@
 /**
- * The HTTP transport: routes, auth, request ids, and the mapping of service results to JSON or SSE. It is the only
- * place that renders errors (errors/catalog.ts decides what they say).
+ * The HTTP transport: routes, auth, request ids, receipt timeouts, and the mapping of service results to JSON or
+ * SSE. It is the only place that renders errors (errors/catalog.ts decides what they say; ./errors.ts renders them).
  */
-import { randomUUID } from 'node:crypto';
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import { KilnError, errorBody, toKilnError } from '../errors/catalog.js';
+import type { IncomingMessage } from 'node:http';
+import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
+import { KilnError } from '../errors/catalog.js';
 import type { Caller, ChatService } from '../service/chat-service.js';
 import { checkApiKey, type ApiKey } from './auth.js';
-import { writeEventStream } from './sse.js';
+import { registerChatRoute } from './chat-route.js';
+import { answerExpectation, fromFastify, makeClientErrorHandler, requestIdFrom, sendError } from './errors.js';
+import { attachLifecycle } from './shutdown.js';
 
 export interface HttpOptions {
   service: ChatService;
@@ -15,23 +17,67 @@ export interface HttpOptions {
   apiKeys: readonly ApiKey[];
   /** A request still generating after this long ends with 504 (in-band when streaming). */
   requestTimeoutMs?: number;
+  /** A stream whose client takes nothing for this long is ended and its connection closed. */
+  stallTimeoutMs?: number;
+  /** The request line and headers must arrive within this long (408). */
+  headersTimeoutMs?: number;
+  /** The whole request, body included, must arrive within this long (408). */
+  bodyTimeoutMs?: number;
   bodyLimitBytes?: number;
   logLevel?: string;
+  /** Where log lines go (default stdout); tests read them. */
+  logStream?: NodeJS.WritableStream;
 }
 
+export const HTTP_DEFAULTS = {
+  stallTimeoutMs: 30_000,
+  headersTimeoutMs: 20_000,
+  bodyTimeoutMs: 60_000,
+  bodyLimitBytes: 16 * 1024 * 1024,
+} as const;
+
 const REQUEST_ID_HEADER = 'x-request-id';
-const REQUEST_ID_PATTERN = /^[\w.:-]{1,128}$/;
-const callers = new WeakMap<FastifyRequest, Caller>();
+
+/** What is logged of a request: never the query string, which may carry a key (`?api_key=…`). */
+function requestForLog(request: FastifyRequest) {
+  return { method: request.method, url: pathOf(request.url), remoteAddress: request.ip, remotePort: request.socket?.remotePort };
+}
+
+function pathOf(url: string): string {
+  const query = url.indexOf('?');
+  return query === -1 ? url : url.slice(0, query);
+}
 
 export function buildHttpServer(options: HttpOptions): FastifyInstance {
+  const headersTimeoutMs = options.headersTimeoutMs ?? HTTP_DEFAULTS.headersTimeoutMs;
+  const bodyTimeoutMs = Math.max(options.bodyTimeoutMs ?? HTTP_DEFAULTS.bodyTimeoutMs, headersTimeoutMs);
+  // Fastify binds the client error handler to the instance, which is not built yet here.
+  const logger: { current?: FastifyBaseLogger } = {};
   const app = Fastify({
-    logger: { level: options.logLevel ?? 'info' },
-    bodyLimit: options.bodyLimitBytes ?? 16 * 1024 * 1024,
-    genReqId: (request) => {
-      const given = request.headers[REQUEST_ID_HEADER];
-      return typeof given === 'string' && REQUEST_ID_PATTERN.test(given) ? given : randomUUID().replaceAll('-', '');
+    logger: {
+      level: options.logLevel ?? 'info',
+      serializers: { req: requestForLog },
+      ...(options.logStream !== undefined ? { stream: options.logStream } : {}),
     },
+    bodyLimit: options.bodyLimitBytes ?? HTTP_DEFAULTS.bodyLimitBytes,
+    requestTimeout: bodyTimeoutMs,
+    http: {
+      headersTimeout: headersTimeoutMs,
+      requestTimeout: bodyTimeoutMs,
+      // Node checks receipt deadlines every 30 s by default, which would let a 20 s deadline run to 50 s.
+      connectionsCheckingInterval: Math.max(10, Math.min(1000, Math.floor(headersTimeoutMs / 4))),
+      // Node answers a missing Host itself, with an empty body; the hook below answers it in the contract's shape.
+      requireHostHeader: false,
+    },
+    // Shutdown answers 503 in the contract's shape itself (shutdown.ts).
+    return503OnClosing: false,
+    clientErrorHandler: makeClientErrorHandler(() => logger.current!),
+    genReqId: (request: IncomingMessage) => requestIdFrom(request.headers[REQUEST_ID_HEADER]),
   });
+  logger.current = app.log;
+  app.server.on('checkExpectation', answerExpectation);
+  const lifecycle = attachLifecycle(app);
+  const callers = new WeakMap<FastifyRequest, Caller>();
 
   // Any content type is read as JSON: clients that forget the header still get a precise error or an answer.
   app.removeAllContentTypeParsers();
@@ -45,13 +91,30 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
 
   app.addHook('onRequest', async (request, reply) => {
     reply.header(REQUEST_ID_HEADER, request.id);
+    if (request.raw.httpVersion === '1.1' && request.headers.host === undefined) {
+      reply.header('connection', 'close');
+      throw new KilnError('badRequest', { message: 'An HTTP/1.1 request needs a Host header.' });
+    }
     if (request.url.startsWith('/v1/')) callers.set(request, checkApiKey(request.headers.authorization, options.apiKeys));
   });
 
+  // Methods per path, for 405 with `Allow` on a known path.
+  const methods = new Map<string, Set<string>>();
+  app.addHook('onRoute', (route) => {
+    const known = methods.get(route.url) ?? new Set<string>();
+    for (const method of [route.method].flat()) known.add(method);
+    methods.set(route.url, known);
+  });
+
   app.setErrorHandler((error: FastifyError | KilnError, request, reply) => sendError(request, reply, fromFastify(error)));
-  app.setNotFoundHandler((request, reply) =>
-    sendError(request, reply, new KilnError('notFound', { message: `No route for ${request.method} ${request.url.split('?')[0]}.` })),
-  );
+  app.setNotFoundHandler((request, reply) => {
+    const path = pathOf(request.url);
+    const allowed = methods.get(path);
+    if (allowed === undefined) return sendError(request, reply, new KilnError('notFound', { message: `No route for ${request.method} ${path}.` }));
+    const allow = [...allowed].sort().join(', ');
+    reply.header('allow', allow);
+    return sendError(request, reply, new KilnError('methodNotAllowed', { message: `Method ${request.method} is not allowed on ${path}; allowed: ${allow}.` }));
+  });
 
   app.get('/health', async () => ({ status: 'ok' }));
   // SiliconFlow's filters: every model Kiln serves is a text chat model.
@@ -62,51 +125,13 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
     return matches ? list : { ...list, data: [] };
   });
 
-  app.post('/v1/chat/completions', async (request, reply) => {
-    const abort = new AbortController();
-    const timer = options.requestTimeoutMs === undefined ? undefined : setTimeout(() => abort.abort(new KilnError('timeout')), options.requestTimeoutMs);
-    reply.raw.on('close', () => {
-      clearTimeout(timer);
-      // The response closing before it finished means the client went away: stop generating.
-      if (!reply.raw.writableFinished) abort.abort(new Error('client disconnected'));
-    });
-    const result = await options.service.create(request.body, abort.signal, callers.get(request) ?? { pro: true });
-    if (result.kind === 'json') return result.body;
-    reply.hijack();
-    await writeEventStream(reply.raw, request.id, result.chunks, (error) => {
-      const kilnError = toKilnError(error);
-      logFailure(request, kilnError);
-      return errorBody(kilnError);
-    });
-    return reply;
+  registerChatRoute(app, {
+    service: options.service,
+    callerOf: (request) => callers.get(request) ?? { pro: true },
+    requestTimeoutMs: options.requestTimeoutMs,
+    stallTimeoutMs: options.stallTimeoutMs ?? HTTP_DEFAULTS.stallTimeoutMs,
+    inFlight: lifecycle.inFlight,
   });
 
   return app;
-}
-
-function fromFastify(error: FastifyError | KilnError): KilnError {
-  if (error instanceof KilnError) return error;
-  switch (error.code) {
-    case 'FST_ERR_CTP_BODY_TOO_LARGE':
-      return new KilnError('bodyTooLarge');
-    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
-    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
-      return new KilnError('invalidJson');
-  }
-  if (error.statusCode === 413) return new KilnError('bodyTooLarge');
-  if (error.statusCode !== undefined && error.statusCode >= 400 && error.statusCode < 500) {
-    return new KilnError('invalidParameter', { message: error.message });
-  }
-  return toKilnError(error);
-}
-
-function sendError(request: FastifyRequest, reply: FastifyReply, error: KilnError): FastifyReply {
-  logFailure(request, error);
-  if (error.retryAfterSeconds !== undefined) reply.header('retry-after', String(error.retryAfterSeconds));
-  return reply.status(error.status).send(errorBody(error));
-}
-
-function logFailure(request: FastifyRequest, error: KilnError): void {
-  if (error.status >= 500 && error.kind === 'internal') request.log.error({ err: error.cause ?? error }, 'request failed');
-  else request.log.info({ status: error.status, code: error.entry.code, param: error.param }, error.message);
 }

@@ -12,7 +12,13 @@ const SPEC_STATUS_TYPE: Record<number, string> = {
   401: 'authentication_error',
   403: 'permission_error',
   404: 'not_found_error',
+  // Transport-level statuses (issue 9): every response carries the contract's body.
+  405: 'invalid_request_error',
+  408: 'invalid_request_error',
   413: 'invalid_request_error',
+  415: 'invalid_request_error',
+  417: 'invalid_request_error',
+  431: 'invalid_request_error',
   429: 'rate_limit_error',
   503: 'service_unavailable',
   504: 'timeout_error',

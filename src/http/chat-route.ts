@@ -1,0 +1,63 @@
+/**
+ * POST /v1/chat/completions: the request's abort signal (client gone, stalled, timed out, or ended by shutdown), the
+ * service call, and JSON or SSE rendering.
+ */
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { KilnError, errorBody, toKilnError } from '../errors/catalog.js';
+import type { Caller, ChatService } from '../service/chat-service.js';
+import { ClientGone, logClientGone, logFailure } from './errors.js';
+import { writeEventStream } from './sse.js';
+
+export interface ChatRouteOptions {
+  service: ChatService;
+  callerOf(request: FastifyRequest): Caller;
+  requestTimeoutMs: number | undefined;
+  stallTimeoutMs: number;
+  /** Requests being served, so that shutdown can end them at its deadline. */
+  inFlight: Set<AbortController>;
+}
+
+export function registerChatRoute(app: FastifyInstance, options: ChatRouteOptions): void {
+  app.post('/v1/chat/completions', async (request, reply) => {
+    const abort = new AbortController();
+    options.inFlight.add(abort);
+    const timer = options.requestTimeoutMs === undefined ? undefined : setTimeout(() => abort.abort(new KilnError('timeout')), options.requestTimeoutMs);
+    reply.raw.on('close', () => {
+      clearTimeout(timer);
+      options.inFlight.delete(abort);
+      // The response closing before it finished means the client went away: stop generating.
+      if (!reply.raw.writableFinished) abort.abort(new ClientGone());
+    });
+
+    let result;
+    try {
+      result = await options.service.create(request.body, abort.signal, options.callerOf(request));
+    } catch (error) {
+      const reason: unknown = abort.signal.aborted ? abort.signal.reason : undefined;
+      if (reason instanceof ClientGone) {
+        logClientGone(request.log, reason);
+        // Nobody is listening: send nothing.
+        reply.hijack();
+        return reply;
+      }
+      // Whatever the engine made of the abort, the client hears why the request ended.
+      throw reason instanceof KilnError ? reason : error;
+    }
+    if (result.kind === 'json') return result.body;
+
+    reply.hijack();
+    await writeEventStream(
+      reply.raw,
+      request.id,
+      result.chunks,
+      (error) => {
+        const kilnError = toKilnError(error);
+        logFailure(request.log, kilnError);
+        return errorBody(kilnError);
+      },
+      { signal: abort.signal, stallTimeoutMs: options.stallTimeoutMs, onStall: () => abort.abort(new ClientGone('stalled')) },
+    );
+    if (abort.signal.reason instanceof ClientGone) logClientGone(request.log, abort.signal.reason);
+    return reply;
+  });
+}
