@@ -50,3 +50,18 @@ test('schemas Kiln cannot enforce are a 400 naming the field, whatever the tool_
     (error: unknown) => error instanceof KilnError && error.param === 'response_format.json_schema.schema',
   );
 });
+
+test('the grammar size budget covers all tools of a request together, whatever the tool_choice', () => {
+  // ~0.45 of the budget each: one or two are fine, the third crosses it.
+  const big = (name: string) => ({
+    name,
+    parameters: { type: 'object', properties: Object.fromEntries(Array.from({ length: 100 }, (_, index) => [`p${index}`, { type: 'string', maxLength: 900 + index }])) },
+  });
+  requestGrammars({ ...base, tools: [big('a'), big('b')], toolChoice: { type: 'none' } });
+  for (const toolChoice of [{ type: 'none' }, { type: 'auto' }] as const) {
+    assert.throws(
+      () => requestGrammars({ ...base, tools: [big('a'), big('b'), big('c')], toolChoice }),
+      (error: unknown) => error instanceof KilnError && error.param === 'tools[2].function.parameters' && /grows too large/.test(error.message),
+    );
+  }
+});

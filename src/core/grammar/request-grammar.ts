@@ -60,8 +60,11 @@ function callRule(builder: GbnfBuilder, offered: readonly ToolDefinition[], all:
 }
 
 function validateTools(tools: readonly ToolDefinition[], compiledElsewhere: readonly ToolDefinition[]): void {
+  // One builder for all of them, so its size budget bounds the work for the whole request, as it does for the
+  // offered tools, which share the call grammar's builder.
+  const builder = new GbnfBuilder();
   tools.forEach((tool, index) => {
-    if (!compiledElsewhere.includes(tool)) schemaRule(new GbnfBuilder(), tool.parameters ?? NO_PARAMETERS, `tools[${index}].function.parameters`);
+    if (!compiledElsewhere.includes(tool)) schemaRule(builder, tool.parameters ?? NO_PARAMETERS, `tools[${index}].function.parameters`);
   });
 }
 
