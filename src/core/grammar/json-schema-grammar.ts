@@ -24,7 +24,8 @@ export const MAX_COMPILE_DEPTH = 200;
  * Budget for one grammar: a unit per character of rule text, EXPANDED_RULE_SIZE per rule llama.cpp expands a
  * repetition into. Measured with llama.cpp's parser here: ~0.015 µs per character and ~0.25 µs per expanded rule, so
  * this budget compiles in ≤ ~25 ms and stays ≤ ~1 MB of GBNF (a few MB once compiled, kept in the engine's grammar
- * cache). Real tool schemas need a few KB to ~100 KB.
+ * cache). Real tool schemas need a few KB to ~100 KB. What is built counts even when an identical rule is reused, so
+ * the budget also bounds the conversion's own work.
  */
 export const MAX_GRAMMAR_SIZE = 1_000_000;
 const EXPANDED_RULE_SIZE = 16;
@@ -47,6 +48,11 @@ export class GbnfBuilder implements ScalarSink {
   private readonly scopes = new Map<unknown, Scope>();
   /** Next free numeric suffix per base name: a linear probe was quadratic over 10,000 like-named rules. */
   private readonly suffixes = new Map<string, number>();
+  /**
+   * Rules added by addRule, by body: an identical body reuses the rule (a subschema repeated in many properties, the
+   * blocks of long strings), which keeps the grammar and llama.cpp's expansion of it small.
+   */
+  private readonly bodies = new Map<string, string>();
   /** Subschemas now being compiled (see MAX_COMPILE_DEPTH). */
   private depth = 0;
   /** Size so far, in the units of MAX_GRAMMAR_SIZE. */
@@ -83,8 +89,11 @@ export class GbnfBuilder implements ScalarSink {
 
   /** Adds `name ::= body` (name made unique), returns the name. */
   addRule(nameHint: string, body: string): string {
+    const known = this.bodies.get(body);
+    if (known !== undefined) return known;
     const name = this.reserve(nameHint);
     this.define(name, body);
+    this.bodies.set(body, name);
     return name;
   }
 
