@@ -6,7 +6,7 @@
  *   repeated … exceeds sane defaults" once (symbols created while parsing the group) × (repetition count) ≥ 2000.
  *   Symbols created include nested groups, the rules each nested repetition expands into, and every rule name
  *   mentioned there for the first time in the text. So a repetition is only ever applied to a rule name (counting 1),
- *   never to a group of unbounded size: 3,000 optional properties or 5,000 prefix items were rejected that way.
+ *   never to a group of unbounded size (3,000 optional properties or 5,000 prefix items in one optional group fail).
  * - `{m}` and `{m,n}` with m or n above 2000 are rejected or widened to "unbounded"; larger counts go through
  *   blocks (a rule of REPEAT_BLOCK items), which keeps every count at most MAX_DIRECT_REPEAT.
  */
@@ -21,7 +21,7 @@ export interface RuleSink {
   expand(count: number): void;
 }
 
-/** Counts above 1000 go through blocks; a `{0,n}` expands into n rules in llama.cpp, so smaller is cheaper. */
+/** Counts above this go through blocks: llama.cpp expands a `{0,n}` into n rules, so a small n keeps grammars cheap. */
 const MAX_DIRECT_REPEAT = 100;
 const REPEAT_BLOCK = 100;
 

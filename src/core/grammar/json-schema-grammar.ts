@@ -46,7 +46,7 @@ const NO_LEFT: LeftRefs = [];
 export class GbnfBuilder implements ScalarSink {
   private readonly rules = new Map<string, string | undefined>([['root', undefined]]);
   private readonly scopes = new Map<unknown, Scope>();
-  /** Next free numeric suffix per base name: a linear probe was quadratic over 10,000 like-named rules. */
+  /** Next free numeric suffix per base name (probing from 2 each time is quadratic over thousands of like names). */
   private readonly suffixes = new Map<string, number>();
   /**
    * Rules added by addRule, by body: an identical body reuses the rule (a subschema repeated in many properties, the
@@ -161,7 +161,8 @@ export class GbnfBuilder implements ScalarSink {
     try {
       const expression = this.compileSchema(schema, pointer, scope, left, hint);
       if (this.size > MAX_GRAMMAR_SIZE) {
-        throw new UnsupportedSchemaError(pointer, `the grammar for the schema grows too large here (over ${MAX_GRAMMAR_SIZE} units, about that many bytes of GBNF)`);
+        const message = `the grammar for the schema grows too large here (over ${MAX_GRAMMAR_SIZE} units, about that many bytes of GBNF)`;
+        throw new UnsupportedSchemaError(pointer, message);
       }
       return expression;
     } finally {
@@ -189,7 +190,9 @@ export class GbnfBuilder implements ScalarSink {
     const nullable = schema.nullable === undefined ? false : schema.nullable;
     if (typeof nullable !== 'boolean') throw new UnsupportedSchemaError(at(pointer, 'nullable'), "'nullable' must be a boolean");
     if (scope.meter.width(schema) > MAX_ALTERNATIVES) {
-      const message = `the schema allows more than ${MAX_ALTERNATIVES} alternatives where its value starts (enum values and anyOf/oneOf branches, '$ref's followed)`;
+      const message =
+        `the schema allows more than ${MAX_ALTERNATIVES} alternatives where its value starts ` +
+        "(enum values and anyOf/oneOf branches, '$ref's followed)";
       throw new UnsupportedSchemaError(pointer, message);
     }
 
