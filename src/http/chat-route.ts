@@ -31,7 +31,15 @@ export function registerChatRoute(app: FastifyInstance, options: ChatRouteOption
 
     let result;
     try {
-      result = await options.service.create(request.body, abort.signal, options.callerOf(request));
+      const created = options.service.create(request.body, abort.signal, options.callerOf(request));
+      // A timeout or shutdown is answered at once, even while the engine is still in a decode; what the service
+      // returns afterwards is released.
+      result = await Promise.race([created, endedByKilnError(abort.signal)]);
+      if (result === undefined) {
+        // A generator that never started would skip its cleanup on return(): start it, then end it.
+        created.then((late) => (late.kind === 'stream' ? late.chunks.next().finally(() => late.chunks.return(undefined)) : undefined)).catch(() => {});
+        throw abort.signal.reason;
+      }
     } catch (error) {
       const reason: unknown = abort.signal.aborted ? abort.signal.reason : undefined;
       if (reason instanceof ClientGone) {
@@ -59,5 +67,16 @@ export function registerChatRoute(app: FastifyInstance, options: ChatRouteOption
     );
     if (abort.signal.reason instanceof ClientGone) logClientGone(request.log, abort.signal.reason);
     return reply;
+  });
+}
+
+/** Resolves (to undefined) when the request is aborted with a KilnError; never otherwise. */
+function endedByKilnError(signal: AbortSignal): Promise<undefined> {
+  return new Promise((resolve) => {
+    const check = () => {
+      if (signal.reason instanceof KilnError) resolve(undefined);
+    };
+    if (signal.aborted) check();
+    else signal.addEventListener('abort', check, { once: true });
   });
 }

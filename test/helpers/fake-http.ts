@@ -23,9 +23,9 @@ export interface FakeEngineStats {
 
 /**
  * Emits `max_tokens` pieces of `pieceBytes` each, yielding to the event loop (or waiting `pieceDelayMs`) before each;
- * `start` may wait `startDelayMs`.
+ * `start` may wait `startDelayMs` (and, like an engine in the middle of a decode, not notice an abort meanwhile).
  */
-export function fakeEngine(options: { pieceBytes?: number; pieceDelayMs?: number; startDelayMs?: number } = {}): { engine: ChatEngine; stats: FakeEngineStats } {
+export function fakeEngine(options: { pieceBytes?: number; pieceDelayMs?: number; startDelayMs?: number; startIgnoresAbort?: boolean } = {}): { engine: ChatEngine; stats: FakeEngineStats } {
   const stats: FakeEngineStats = { started: 0, released: 0, aborted: 0 };
   const piece = 'x'.repeat(options.pieceBytes ?? 1024);
   const engine: ChatEngine = {
@@ -36,7 +36,7 @@ export function fakeEngine(options: { pieceBytes?: number; pieceDelayMs?: number
       if (options.startDelayMs !== undefined) {
         await new Promise<void>((resolve, reject) => {
           const timer = setTimeout(resolve, options.startDelayMs);
-          signal.addEventListener('abort', () => (clearTimeout(timer), reject(signal.reason)), { once: true });
+          if (!options.startIgnoresAbort) signal.addEventListener('abort', () => (clearTimeout(timer), reject(signal.reason)), { once: true });
         });
       }
       let open = request.n;

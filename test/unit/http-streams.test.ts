@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
 import { test } from 'node:test';
 import { closeGracefully } from '../../src/http/shutdown.js';
-import { chatBody, chunkedBody, openSocket, parseResponse, postRequest, startTestServer, type TestServer } from '../helpers/fake-http.js';
+import { chatBody, chunkedBody, exchange, openSocket, parseResponse, postRequest, startTestServer, type TestServer } from '../helpers/fake-http.js';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -109,6 +109,21 @@ test('request_timeout_ms: a client that reads gets the timeout as the last event
     const { text } = await readStream(server);
     assert.match(lastEvent(await text), /^data: \{"code":50507,.*"code":"timeout"/);
     await until(() => server.stats.released === 1, 2000, 'the run to be released');
+  } finally {
+    await server.app.close();
+  }
+});
+
+test('request_timeout_ms answers 504 at the deadline even while the engine has not noticed the abort', async () => {
+  const server = await startTestServer({ requestTimeoutMs: 200 }, { startDelayMs: 1500, startIgnoresAbort: true });
+  try {
+    const began = performance.now();
+    const response = parseResponse((await exchange(server.port, postRequest(chatBody(), { connection: 'close' }))).text);
+    assert.equal(response.status, 504);
+    assert.equal((JSON.parse(response.body) as { error: { type: string } }).error.type, 'timeout_error');
+    assert.ok(performance.now() - began < 1000);
+    // The late run is still released.
+    await until(() => server.stats.released === 1, 5000, 'the late run to be released');
   } finally {
     await server.app.close();
   }
