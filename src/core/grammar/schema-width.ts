@@ -10,8 +10,8 @@ import { isObject, refPointer, resolvePointer } from './schema-keywords.js';
 /** At 1,000 alternatives llama.cpp compiles in a few ms (enum) to ~70 ms (1,000 optional properties). */
 export const MAX_ALTERNATIVES = 1000;
 
-/** Widths of values whose first character is written by a fixed rule: a rough upper bound of its alternatives. */
-const TYPE_WIDTH: Record<string, number> = { integer: 32, number: 4, boolean: 2, null: 1, string: 1, object: 1, array: 1 };
+/** Alternatives at the start of a value of each type: typical counts (an integer range has 2–4, rarely more). */
+const TYPE_WIDTH: Record<string, number> = { integer: 4, number: 3, boolean: 2, null: 1, string: 1, object: 1, array: 1 };
 const ANY_WIDTH = 8;
 /** A `$ref` chain longer than this is refused by the converter anyway; the estimate stops following it. */
 const MAX_CHAIN = 256;
@@ -22,7 +22,7 @@ export class WidthMeter {
 
   constructor(private readonly root: unknown) {}
 
-  /** Alternatives at the start of a value of `schema` (an estimate, never below the real count for valid schemas). */
+  /** Alternatives at the start of a value of `schema`: exact for enums and unions, an estimate for typed values. */
   width(schema: unknown, chain = 0): number {
     if (schema === true) return ANY_WIDTH;
     if (!isObject(schema)) return 1;
