@@ -22,7 +22,7 @@ before(async () => {
 });
 
 /** The two places a schema comes in, with the `param` a 400 must name. */
-export const PLACES = [
+const PLACES = [
   {
     param: 'response_format.json_schema.schema',
     request: (schema: unknown): GrammarRequest => ({
@@ -43,7 +43,7 @@ export const PLACES = [
 type Outcome = { grammar: string } | { error: KilnError };
 
 /** requestGrammars, then llama.cpp on each grammar; fails on anything but a 400 naming `param` or grammars llama.cpp accepts. */
-export async function outcome(llama: Llama, request: GrammarRequest, param: string): Promise<Outcome> {
+async function outcome(llama: Llama, request: GrammarRequest, param: string): Promise<Outcome> {
   let grammars;
   try {
     grammars = requestGrammars(request);
