@@ -73,6 +73,12 @@ describe('transport errors carry the contract body', () => {
     assert.ok(ms < 3000, `answered after ${ms} ms`);
   });
 
+  test('408 for a connection that sends nothing', async () => {
+    const { text, ms } = await exchange(server.port, '');
+    assertContract(parseResponse(text), 408, 'request_timeout');
+    assert.ok(ms < 3000, `answered after ${ms} ms`);
+  });
+
   test('408 for a body trickled one byte at a time', async () => {
     const body = chatBody();
     const socket = await openSocket(server.port);
