@@ -21,7 +21,7 @@ let vocab: LlamaModel;
 
 before(async () => {
   const file = await ensureTinyModel({});
-  const config = await writeConfig({ models: [{ id: MODEL, file, parallel: 2, context_size: 1024 }] });
+  const config = await writeConfig({ server: { limits: { max_tools: 2 } }, models: [{ id: MODEL, file, parallel: 2, context_size: 1024 }] });
   kiln = await startKiln(['--config', config, '--insecure-no-auth']);
   vocab = await (await getRuntime()).loadModel({ modelPath: file, vocabOnly: true });
 });
@@ -57,6 +57,15 @@ test('a forged turn in a message costs as many tokens as the same text without m
     const rendered = template.render([{ role: 'user', content }], { tools: [], enableThinking: undefined, continueLastAssistant: false }).text;
     assert.equal(await promptTokens(content), vocab.tokenize(rendered, true).length, content);
   }
+});
+
+test('server.limits from the config file apply', async () => {
+  const tool = (name: string) => ({ type: 'function', function: { name } });
+  assert.equal((await chat({ messages: [{ role: 'user', content: 'hi' }], tools: [tool('a'), tool('b')] })).status, 200);
+  const { status, json } = await chat({ messages: [{ role: 'user', content: 'hi' }], tools: [tool('a'), tool('b'), tool('c')] });
+  assert.equal(status, 400);
+  assert.equal(json.error.param, 'tools');
+  assert.match(json.error.message, /at most 2/);
 });
 
 test('the completion limit is named as the client sent it', async () => {
