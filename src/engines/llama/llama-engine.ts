@@ -55,6 +55,11 @@ export interface LlamaEngineSettings {
 const DEFAULT_CONTEXT_CAP = 4096;
 /** Compiled grammars kept for requests that repeat a schema (most clients send the same tools every time). */
 const GRAMMAR_CACHE_SIZE = 64;
+/**
+ * ...and at most this much grammar text among them: a compiled grammar costs a few times its text in memory, and a
+ * schema at the converter's size budget makes about 1 MB of text, so 64 of those would hold hundreds of MB.
+ */
+const GRAMMAR_CACHE_CHARS = 4_000_000;
 
 export class LlamaEngine implements ChatEngine {
   private constructor(
@@ -71,6 +76,7 @@ export class LlamaEngine implements ChatEngine {
   ) {}
 
   private readonly grammarCache = new Map<string, Promise<LlamaGrammar>>();
+  private grammarCacheChars = 0;
 
   static async load(settings: LlamaEngineSettings): Promise<LlamaEngine> {
     const llama = await getRuntime();
@@ -171,14 +177,25 @@ export class LlamaEngine implements ChatEngine {
     let grammar = this.grammarCache.get(text);
     if (grammar === undefined) {
       grammar = this.llama.createGrammar({ grammar: text });
-      grammar.catch(() => this.grammarCache.delete(text));
-      if (this.grammarCache.size >= GRAMMAR_CACHE_SIZE) this.grammarCache.delete(this.grammarCache.keys().next().value!);
+      grammar.catch(() => this.forgetGrammar(text));
     } else {
       this.grammarCache.delete(text); // re-insert: most recently used last
+      this.grammarCacheChars -= text.length;
     }
     this.grammarCache.set(text, grammar);
+    this.grammarCacheChars += text.length;
+    // Least recently used first; a grammar larger than the whole budget is used by its request and not kept.
+    for (const oldest of this.grammarCache.keys()) {
+      if (this.grammarCache.size <= GRAMMAR_CACHE_SIZE && this.grammarCacheChars <= GRAMMAR_CACHE_CHARS) break;
+      this.forgetGrammar(oldest);
+    }
     return grammar;
   }
+
+  private forgetGrammar(text: string): void {
+    if (this.grammarCache.delete(text)) this.grammarCacheChars -= text.length;
+  }
+
 
   private checkPromptFits(promptTokens: number, atLeast: boolean): void {
     const contextSize = this.context.contextSize;
