@@ -2,6 +2,8 @@
  * Graceful shutdown: stop accepting, let requests in flight finish up to a drain deadline, then end them with the
  * contract's error (in-band for streams) and close every connection, so the process can exit whatever its clients do.
  */
+import type { ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import { KilnError } from '../errors/catalog.js';
 
@@ -9,6 +11,8 @@ export interface ServerLifecycle {
   draining: boolean;
   /** Chat requests being served (their abort controllers). */
   readonly inFlight: Set<AbortController>;
+  /** Open connections → the bytes they had read when their last response was flushed (absent: none yet). */
+  readonly connections: Map<Socket, number | undefined>;
 }
 
 const lifecycles = new WeakMap<FastifyInstance, ServerLifecycle>();
@@ -19,9 +23,16 @@ const lifecycles = new WeakMap<FastifyInstance, ServerLifecycle>();
  * request arriving on a connection kept alive gets 503 with `Retry-After` and `Connection: close`.
  */
 export function attachLifecycle(app: FastifyInstance, retryAfterSeconds = 1): ServerLifecycle {
-  const lifecycle: ServerLifecycle = { draining: false, inFlight: new Set() };
+  const lifecycle: ServerLifecycle = { draining: false, inFlight: new Set(), connections: new Map() };
   lifecycles.set(app, lifecycle);
-  app.addHook('onRequest', async (_request, reply) => {
+  app.server.on('connection', (socket: Socket) => {
+    lifecycle.connections.set(socket, undefined);
+    socket.once('close', () => lifecycle.connections.delete(socket));
+  });
+  app.addHook('onRequest', async (request, reply) => {
+    const socket = request.raw.socket;
+    // 'finish': the whole response reached the OS, not merely end() called.
+    reply.raw.once('finish', () => lifecycle.connections.has(socket) && lifecycle.connections.set(socket, socket.bytesRead));
     if (!lifecycle.draining) return;
     reply.header('connection', 'close');
     throw new KilnError('shuttingDown', { retryAfterSeconds });
@@ -48,9 +59,15 @@ export async function closeGracefully(app: FastifyInstance, options: CloseOption
   if (lifecycle === undefined) throw new Error('closeGracefully: server was not built by buildHttpServer');
   lifecycle.draining = true;
   const server = app.server;
-  // Node closes the connections that are idle when the listener closes; these close the others as their last
-  // response ends (a `Connection: close` on each response instead would drop requests pipelined behind it).
-  const reaper = setInterval(() => server.closeIdleConnections(), 100);
+  // Node closes the connections idle when the listener closes; this closes the others once idle. Not Node's
+  // closeIdleConnections(), which also destroys responses that were ended but are still being flushed to a slow
+  // reader; nor `Connection: close` on every response, which would drop requests pipelined behind it.
+  const reaper = setInterval(() => {
+    for (const [socket, readAtLastResponse] of lifecycle.connections) {
+      const busy = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage != null;
+      if (!busy && readAtLastResponse === socket.bytesRead) socket.destroy();
+    }
+  }, 100);
   try {
     const closed = app.close();
     if (await settlesWithin(closed, options.drainTimeoutMs)) return { endedAtDeadline: 0, forced: false };
