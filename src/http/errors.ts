@@ -67,14 +67,14 @@ export function requestIdFrom(given: unknown): string {
   return typeof given === 'string' && REQUEST_ID_PATTERN.test(given) ? given : randomUUID().replaceAll('-', '');
 }
 
-function rawResponse(error: KilnError, extraHeaders: Record<string, string> = {}): string {
+/** A whole HTTP/1.1 response, for a socket that has no ServerResponse (the request could not be parsed). */
+function rawResponse(error: KilnError): string {
   const body = JSON.stringify(errorBody(error));
   const headers = {
     'content-type': 'application/json; charset=utf-8',
     'content-length': String(Buffer.byteLength(body)),
     'x-request-id': requestIdFrom(undefined),
     connection: 'close',
-    ...extraHeaders,
   };
   const lines = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`);
   return `HTTP/1.1 ${error.status} ${STATUS_CODES[error.status] ?? ''}\r\n${lines.join('')}\r\n${body}`;
