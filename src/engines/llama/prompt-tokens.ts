@@ -153,18 +153,20 @@ export class PromptTokenizer {
   async tokenizeAsync(pieces: readonly PromptPiece[]): Promise<Token[]> {
     const texts = pieces.filter((piece): piece is string => typeof piece === 'string');
     if (this.worker === undefined || texts.reduce((sum, text) => sum + text.length, 0) <= WORKER_CHARS) return this.tokenizeSliced(pieces);
-    let tokenized: Token[][];
+    let tokenized: Uint32Array[];
     try {
       tokenized = await this.worker.tokenize(texts);
     } catch {
       // A worker that cannot run (e.g. no threads) leaves the slower path, which is still correct.
       return this.tokenizeSliced(pieces);
     }
-    const tokens: Token[] = [];
+    // Filled in place: hundreds of thousands of tokens come back, and pushing them one by one shows on the event loop.
+    const tokens = new Array<Token>(tokenized.reduce((sum, array) => sum + array.length, pieces.length - texts.length));
+    let at = 0;
     let next = 0;
     for (const piece of pieces) {
-      if (typeof piece === 'number') tokens.push(piece);
-      else for (const token of tokenized[next++]!) tokens.push(token);
+      if (typeof piece === 'number') tokens[at++] = piece;
+      else for (const token of tokenized[next++]!) tokens[at++] = token as Token;
     }
     return tokens;
   }

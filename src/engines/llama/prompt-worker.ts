@@ -4,7 +4,6 @@
  * (no weights) into its own llama.cpp runtime; the same vocabulary gives the same tokens. It starts on first use.
  */
 import { Worker } from 'node:worker_threads';
-import type { Token } from 'node-llama-cpp';
 
 /** Plain JavaScript, evaluated as the worker's script: no build step or TypeScript loader needed there. */
 const WORKER_SOURCE = `
@@ -36,13 +35,13 @@ interface Reply {
 export class TokenizerWorker {
   private worker: Worker | undefined;
   private ready: Promise<void> | undefined;
-  private readonly pending = new Map<number, { resolve: (tokens: Token[][]) => void; reject: (error: Error) => void }>();
+  private readonly pending = new Map<number, { resolve: (tokens: Uint32Array[]) => void; reject: (error: Error) => void }>();
   private nextId = 0;
 
   constructor(private readonly modelFile: string) {}
 
-  /** Each text tokenized without parse_special, as `model.tokenize(text, false)` would. */
-  async tokenize(texts: string[]): Promise<Token[][]> {
+  /** Each text tokenized without parse_special, as `model.tokenize(text, false)` would (token ids). */
+  async tokenize(texts: string[]): Promise<Uint32Array[]> {
     await this.start();
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
@@ -70,7 +69,7 @@ export class TokenizerWorker {
         const waiting = this.pending.get(reply.id!);
         this.pending.delete(reply.id!);
         if (reply.error !== undefined) waiting?.reject(new Error(reply.error));
-        else waiting?.resolve(reply.tokens!.map((array) => Array.from(array) as Token[]));
+        else waiting?.resolve(reply.tokens!);
       });
       worker.on('error', (error) => this.fail(worker, error, reject));
       worker.on('exit', () => this.fail(worker, new Error('tokenizer worker exited'), reject));
