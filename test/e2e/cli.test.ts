@@ -27,6 +27,13 @@ test('a missing model file is refused with its path', async () => {
   assert.match(output, /file not found: \/nonexistent\/model\.gguf/);
 });
 
+test('a bad --drain-timeout-ms is refused before anything starts', async () => {
+  const model = await ensureTinyModel();
+  const { code, output } = await runKiln(['serve', '--model', model, '--port', '0', '--drain-timeout-ms', 'soon']);
+  assert.equal(code, 2);
+  assert.match(output, /--drain-timeout-ms must be a non-negative integer, got 'soon'/);
+});
+
 test('quick mode serves one file under its file name; KILN_API_KEYS is honoured', async () => {
   const model = await ensureTinyModel();
   const kiln = await startKiln(['--model', model], { KILN_API_KEYS: 'k1, k2' });
