@@ -45,6 +45,8 @@ export function fromFastify(error: FastifyError | KilnError): KilnError {
 
 export function sendError(request: FastifyRequest, reply: FastifyReply, error: KilnError): FastifyReply {
   logFailure(request.log, error);
+  // Also when a hook failed before the one that sets it.
+  reply.header('x-request-id', request.id);
   if (error.retryAfterSeconds !== undefined) reply.header('retry-after', String(error.retryAfterSeconds));
   return reply.status(error.status).send(errorBody(error));
 }

@@ -168,6 +168,7 @@ test('shutdown: a request arriving on a kept-alive connection while draining get
   const answer = parseResponse(text.slice(text.indexOf('HTTP/1.1 503')));
   assert.equal(answer.status, 503);
   assert.equal(answer.headers['retry-after'], '1');
+  assert.match(answer.headers['x-request-id'] ?? '', /^\w+$/);
   assert.equal(answer.headers.connection, 'close');
   assert.equal((JSON.parse(answer.body) as { error: { code: string } }).error.code, 'shutting_down');
   assert.deepEqual(await closing, { endedAtDeadline: 0, forced: false });
