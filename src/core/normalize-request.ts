@@ -6,7 +6,6 @@ import { randomInt } from 'node:crypto';
 import type { z } from 'zod';
 import { KilnError } from '../errors/catalog.js';
 import {
-  MAX_TOOLS,
   chatCompletionRequestSchema,
   type ChatCompletionRequestWire,
   type ChatMessageWire,
@@ -14,35 +13,19 @@ import {
 } from '../protocol/request.js';
 import { REQUEST_DEFAULTS, type ChatMessage, type ChatRequest, type ResponseFormat, type ToolChoice } from './chat-request.js';
 import { checkSchemaBounds } from './grammar/schema-bounds.js';
+import { checkCounts, checkTextBytes, REQUEST_LIMIT_DEFAULTS, type RequestLimits } from './request-limits.js';
 
-export interface NormalizeOptions {
+/** The size limits (request-limits.ts) bound the work a request can cause before any of it is done. */
+export interface NormalizeOptions extends RequestLimits {
   /** Largest `n` this server accepts. */
   maxChoices: number;
   /** Deepest JSON nesting in a tool's parameters or a json_schema (default DEFAULT_MAX_SCHEMA_DEPTH). */
   maxSchemaDepth?: number;
   /** Most JSON values in one such schema (default DEFAULT_MAX_SCHEMA_NODES). */
   maxSchemaNodes?: number;
-  /** Size limits that bound the work a request can cause before any of it is done (defaults: REQUEST_LIMIT_DEFAULTS). */
-  maxMessages?: number;
-  /** Content parts over all messages together. */
-  maxContentParts?: number;
-  maxTools?: number;
-  /** UTF-8 bytes of all client text together: message contents, tool call arguments, tool descriptions. */
-  maxTextBytes?: number;
 }
 
-/**
- * Rendering the chat template is the costliest step before the prompt's size is known, and it grows faster than the
- * message count (@huggingface/jinja, 2-core dev VM under load, best of 3: 1,000 messages 16–35 ms, 2,000 25–50 ms,
- * 4,000 50–210 ms, 30,000 0.84 s), so messages are capped where rendering stays well under 100 ms. 128 tools is
- * OpenAI's limit. 1 MiB of text is more than a 128k-token context holds.
- */
-export const REQUEST_LIMIT_DEFAULTS = {
-  maxMessages: 1024,
-  maxContentParts: 4096,
-  maxTools: MAX_TOOLS,
-  maxTextBytes: 1024 * 1024,
-} as const;
+export { REQUEST_LIMIT_DEFAULTS };
 
 export function normalizeChatRequest(body: unknown, options: NormalizeOptions): ChatRequest {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) {
@@ -106,52 +89,6 @@ export function normalizeChatRequest(body: unknown, options: NormalizeOptions): 
     continueLastAssistant: last.role === 'assistant' && last.prefix === true,
     user: wire.user ?? undefined,
   };
-}
-
-function checkCounts(body: Record<string, unknown>, options: NormalizeOptions): void {
-  const maxMessages = options.maxMessages ?? REQUEST_LIMIT_DEFAULTS.maxMessages;
-  const maxParts = options.maxContentParts ?? REQUEST_LIMIT_DEFAULTS.maxContentParts;
-  const maxTools = options.maxTools ?? REQUEST_LIMIT_DEFAULTS.maxTools;
-  const { messages, tools } = body;
-  if (Array.isArray(messages)) {
-    if (messages.length > maxMessages) {
-      throw invalid('messages', `Invalid 'messages': must have at most ${maxMessages} items on this server, got ${messages.length}.`);
-    }
-    let parts = 0;
-    messages.forEach((message: unknown, index) => {
-      const content = typeof message === 'object' && message !== null ? (message as { content?: unknown }).content : undefined;
-      if (!Array.isArray(content)) return;
-      parts += content.length;
-      if (parts > maxParts) {
-        throw invalid(`messages[${index}].content`, `Invalid 'messages[${index}].content': the messages may have at most ${maxParts} content parts in all on this server.`);
-      }
-    });
-  }
-  if (Array.isArray(tools) && tools.length > maxTools) {
-    throw invalid('tools', `Invalid 'tools': must have at most ${maxTools} items on this server, got ${tools.length}.`);
-  }
-}
-
-/** Names the field at which the running total of client text passes the limit. */
-function checkTextBytes(wire: ChatCompletionRequestWire, maxBytes: number): void {
-  let total = 0;
-  const add = (param: string, text: string | null | undefined) => {
-    if (text == null) return;
-    total += Buffer.byteLength(text);
-    if (total > maxBytes) {
-      throw invalid(param, `Invalid '${param}': the request's text may be at most ${maxBytes} bytes in all on this server.`);
-    }
-  };
-  wire.messages.forEach((message, index) => {
-    const content = message.content;
-    if (typeof content === 'string') add(`messages[${index}].content`, content);
-    else content?.forEach((part, partIndex) => add(`messages[${index}].content[${partIndex}].text`, part.type === 'text' ? part.text : undefined));
-    if (message.role === 'assistant') {
-      add(`messages[${index}].reasoning_content`, message.reasoning_content);
-      message.tool_calls?.forEach((call, callIndex) => add(`messages[${index}].tool_calls[${callIndex}].function.arguments`, call.function.arguments));
-    }
-  });
-  wire.tools?.forEach((tool, index) => add(`tools[${index}].function.description`, tool.function.description));
 }
 
 function invalid(param: string, message: string): KilnError {
