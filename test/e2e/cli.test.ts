@@ -90,10 +90,12 @@ test('key tiers: a free key gets 403 on Pro/ ids and is served the free id; --ap
 
 test('server.request_timeout_ms: a generation still running ends with 504, in-band when streaming', async () => {
   const model = await ensureTinyModel({ neverEnd: true });
-  const config = await writeConfig({ server: { request_timeout_ms: 300 }, models: [{ id: 'slow', file: model, parallel: 2 }] });
+  // 16,000 tokens take several seconds even at the tiny model's pace, well past the timeout; a 2-token request stays far
+  // below it even on a loaded machine.
+  const config = await writeConfig({ server: { request_timeout_ms: 1500 }, models: [{ id: 'slow', file: model, parallel: 2, context_size: 16384 }] });
   const kiln = await startKiln(['--config', config]);
   try {
-    const body = { model: 'slow', messages: [{ role: 'user', content: 'hi' }], max_tokens: 3000 };
+    const body = { model: 'slow', messages: [{ role: 'user', content: 'hi' }], max_tokens: 16_000 };
     const whole = await fetch(`${kiln.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
     assert.equal(whole.status, 504);
     const error = (await whole.json()) as { error: { type: string } };
