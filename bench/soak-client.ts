@@ -6,6 +6,7 @@
 import { readFile } from 'node:fs/promises';
 import { Agent, request } from 'node:http';
 import { connect, type Socket } from 'node:net';
+import { Worker } from 'node:worker_threads';
 
 const agent = new Agent({ keepAlive: true, maxSockets: 256 });
 
@@ -213,26 +214,17 @@ function dechunk(body: string): string {
   return body.replace(/(^|\r\n)[0-9a-f]+\r\n/g, '');
 }
 
-/** Polls `/health` every `everyMs`, one request at a time; the latencies stand in for the server's event-loop delay. */
+/**
+ * Polls `/health` every `everyMs`, one request at a time, from a worker thread so that the soak's own work (generating
+ * and checking bodies) does not show up as server latency; the latencies stand in for the server's event-loop delay.
+ */
 export class HealthPoller {
   private latencies: number[] = [];
-  private running = true;
-  private done: Promise<void>;
+  private worker: Worker;
 
   constructor(url: string, everyMs = 20) {
-    this.done = (async () => {
-      while (this.running) {
-        const started = performance.now();
-        try {
-          await send(url, '/health', undefined, {}, 60_000);
-        } catch {
-          if (!this.running) break;
-        }
-        const ms = performance.now() - started;
-        this.latencies.push(ms);
-        await new Promise((resolve) => setTimeout(resolve, Math.max(0, everyMs - ms)));
-      }
-    })();
+    this.worker = new Worker(HEALTH_WORKER, { eval: true, workerData: { url: `${url}/health`, everyMs } });
+    this.worker.on('message', (ms: number) => this.latencies.push(ms));
   }
 
   /** Worst and p99 since the last call, then starts over. */
@@ -243,10 +235,29 @@ export class HealthPoller {
   }
 
   async stop(): Promise<void> {
-    this.running = false;
-    await this.done;
+    await this.worker.terminate();
   }
 }
+
+const HEALTH_WORKER = `
+const { get, Agent } = require('node:http');
+const { parentPort, workerData } = require('node:worker_threads');
+const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+const once = () => new Promise((resolve) => {
+  const req = get(workerData.url, { agent, timeout: 120000 }, (res) => { res.resume(); res.on('end', resolve); res.on('error', resolve); });
+  req.on('timeout', () => req.destroy());
+  req.on('error', resolve);
+});
+(async () => {
+  for (;;) {
+    const started = performance.now();
+    await once();
+    const ms = performance.now() - started;
+    parentPort.postMessage(ms);
+    await new Promise((resolve) => setTimeout(resolve, Math.max(0, workerData.everyMs - ms)));
+  }
+})();
+`;
 
 export async function rssMiB(pid: number): Promise<number> {
   try {

@@ -11,17 +11,23 @@
  *      aggregate tokens/s as a ratio (median of alternated rounds), and whether the stalled request ends after the
  *      stall timeout and frees its sequence
  *   e  SIGTERM with streams running and one stalled reader: time to exit and what each client received
- * Options: --bodies N (2000), --rounds R (3), --part a,b,c,d,e, --seed S, --arena-max N (MALLOC_ARENA_MAX for the
- * server, to tell fragmentation from growth).
+ *   m  (only when asked for) the biggest bodies the server accepts, 4 at a time: RSS at peak and after each kind
+ * Options: --bodies N (2000), --rounds R (3), --part a,b,c,d,e, --seed S, --workers W (concurrent fuzz requests, 4),
+ * --arena-max N (MALLOC_ARENA_MAX for the server, to tell fragmentation from growth), --rss-log MiB (print each body
+ * after which the server's RSS moved by at least that much; use with --workers 1), --real-vocab (the fuzzed chat model
+ * gets Qwen2's real 151,936-token vocabulary), --kinds i,j (part m: only these kinds of body).
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { ensureBenchModel } from '../src/gguf/bench-model.js';
 import { ensureTinyModel } from '../src/gguf/tiny-model.js';
 import { checkResponse, failureSignature } from '../test/helpers/contract-check.js';
-import { FUZZ_MODEL, FUZZ_REASONING_MODEL, SOAK_SCALE, sampleFuzzCases } from '../test/helpers/fuzz-bodies.js';
+import { FUZZ_MODEL, FUZZ_REASONING_MODEL, SOAK_SCALE, sampleFuzzCases, type FuzzCase } from '../test/helpers/fuzz-bodies.js';
 import { REPO_ROOT, startKiln, writeConfig, type KilnProcess } from '../test/helpers/kiln-process.js';
-import { HealthPoller, RssWatch, StalledReader, post, send, stream, type StreamResult } from './soak-client.js';
+import { HealthPoller, RssWatch, post, rssMiB, send, stream } from './soak-client.js';
+import { memoryPart } from './soak-memory.js';
+import { count, prompt, sigtermPart, stalledPart, tallyText } from './soak-streams.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -30,6 +36,10 @@ const { values: flags } = parseArgs({
     part: { type: 'string', default: 'a,b,c,d,e' },
     seed: { type: 'string', default: '20261130' },
     'arena-max': { type: 'string' },
+    workers: { type: 'string', default: '4' },
+    'rss-log': { type: 'string' },
+    'real-vocab': { type: 'boolean', default: false },
+    kinds: { type: 'string' },
   },
 });
 const PARTS = new Set(flags.part!.split(','));
@@ -42,12 +52,8 @@ const DRAIN_TIMEOUT_MS = 4_000;
  * token fills a client's socket buffers (megabytes) in seconds rather than the minutes 250-byte chunks would take.
  */
 const STALLED_ID = `soak/streams/${'x'.repeat(3_000)}`;
-const FUZZ_WORKERS = 4;
-const READERS = 7;
-const READER_TOKENS = 500;
-const STALLED_TOKENS = 16_000;
-const prompt = (text: string) => [{ role: 'system', content: 'You are a helpful assistant.' }, { role: 'user', content: text }];
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+/** Tiny layers, but Qwen2's real tokenizer (151,936 tokens): a ~27 MB file, where grammars and tokenizing cost what they do on real models. */
+const REAL_VOCAB_SHAPE = { layers: 2, embeddingLength: 64, heads: 4, kvHeads: 2, feedForwardLength: 128, contextLength: 4096 };
 
 interface Row {
   part: string;
@@ -72,13 +78,10 @@ async function measured(kiln: KilnProcess, poller: HealthPoller, part: string, r
   figures.forEach(([figure, value], i) => rows.push({ part: i === 0 ? part : '', figure, value, rss: i === 0 ? rssText : '', health: i === 0 ? healthText : '' }));
 }
 
-const tallyText = (tally: Map<string | number, number>) => [...tally].sort((a, b) => String(a[0]).localeCompare(String(b[0]))).map(([k, v]) => `${k}: ${v}`).join(', ');
-function count<K>(tally: Map<K, number>, key: K): void {
-  tally.set(key, (tally.get(key) ?? 0) + 1);
-}
 
-async function fuzzPart(url: string): Promise<Array<[string, string]>> {
-  const cases = sampleFuzzCases(Number(flags.bodies), Number(flags.seed), SOAK_SCALE);
+async function fuzzPart(url: string, pid: number, cases: FuzzCase[]): Promise<Array<[string, string]>> {
+  const rssStep = flags['rss-log'] === undefined ? undefined : Number(flags['rss-log']);
+  let rss = await rssMiB(pid);
   const tally = new Map<string | number, number>();
   const failures = new Map<string, { count: number; example: string }>();
   let slowest = { ms: 0, label: '' };
@@ -93,6 +96,12 @@ async function fuzzPart(url: string): Promise<Array<[string, string]>> {
         count(tally, result.status);
         failure = checkResponse(result.status, result.contentType, result.body, { allowOverload: true });
         if (result.ms > slowest.ms) slowest = { ms: result.ms, label: fuzzCase.label };
+        if (rssStep !== undefined) {
+          // Which bodies move the server's RSS (meaningful with --workers 1).
+          const now = await rssMiB(pid);
+          if (Math.abs(now - rss) >= rssStep) console.error(`  rss ${rss.toFixed(0)} → ${now.toFixed(0)} MiB after #${cases.indexOf(fuzzCase)} (${result.status}, ${result.ms.toFixed(0)} ms): ${fuzzCase.label.slice(0, 200)}`);
+          rss = now;
+        }
       } catch (error) {
         count(tally, 'no answer');
         failure = `no answer: ${(error as Error).message}`;
@@ -103,7 +112,7 @@ async function fuzzPart(url: string): Promise<Array<[string, string]>> {
       failures.set(failureSignature(failure), group);
     }
   };
-  await Promise.all(Array.from({ length: FUZZ_WORKERS }, worker));
+  await Promise.all(Array.from({ length: Number(flags.workers) }, worker));
   for (const { count: n, example } of failures.values()) console.error(`  FAIL ${n}×: ${example}`);
   const bad = [...failures.values()].reduce((sum, g) => sum + g.count, 0);
   return [
@@ -155,115 +164,46 @@ async function abortPart(url: string): Promise<Array<[string, string]>> {
   ];
 }
 
-async function readersRound(url: string, round: number): Promise<number> {
-  const started = performance.now();
-  const results = await Promise.all(Array.from({ length: READERS }, (_, i) => stream(url, { model: STREAMS, max_tokens: READER_TOKENS, messages: prompt(`Reader ${round}.${i}`) })));
-  const seconds = (performance.now() - started) / 1000;
-  for (const result of results) if (result.end !== 'complete') console.error(`  reader: ${result.end} ${result.detail}`);
-  return results.reduce((sum, result) => sum + result.tokens, 0) / seconds;
-}
-
-async function stalledPart(url: string): Promise<Array<[string, string]>> {
-  const rounds = Number(flags.rounds);
-  const without: number[] = [];
-  const withStalled: number[] = [];
-  const verdicts: string[] = [];
-  let freed = '';
-  await readersRound(url, -1); // warm-up, not counted
-  for (let round = 0; round < rounds; round++) {
-    for (const stalled of round % 2 === 0 ? [false, true] : [true, false]) {
-      if (!stalled) {
-        without.push(await readersRound(url, round * 2));
-        console.error(`  round ${round} without: ${without.at(-1)!.toFixed(0)} tok/s`);
-        continue;
-      }
-      const reader = new StalledReader(url, { model: STALLED_ID, max_tokens: STALLED_TOKENS, messages: prompt(`Stalled ${round}`) });
-      const status = await reader.headers;
-      const full = await reader.backedUp(60_000);
-      withStalled.push(await readersRound(url, round * 2 + 1));
-      const closed = full === undefined ? undefined : await reader.serverClosed(full + STALL_TIMEOUT_MS + 3_000);
-      const got = await reader.drain(1_000);
-      const verdict =
-        status !== 200 ? `refused ${status}` : full === undefined ? 'never backed up' : closed === undefined ? `open > ${((STALL_TIMEOUT_MS + 3_000) / 1000).toFixed(0)} s` : `${((closed - full) / 1000).toFixed(1)} s`;
-      verdicts.push(verdict);
-      console.error(`  round ${round} with a stalled reader: ${withStalled.at(-1)!.toFixed(0)} tok/s; stalled request: ${verdict}; client got ${(got.bytes / 1e6).toFixed(1)} MB, ${got.end}`);
-      if (round === rounds - 1) {
-        const probe = await post(url, { model: STREAMS, n: 8, max_tokens: 4, messages: prompt('All sequences free?') }, 30_000);
-        freed = `${probe.status} in ${probe.ms.toFixed(0)} ms`;
-      }
-    }
-  }
-  const ratios = withStalled.map((value, i) => value / without[i]!);
-  const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
-  const fmt = (values: number[]) => values.map((value) => value.toFixed(0)).join(' / ');
-  return [
-    [`${READERS} readers × ${READER_TOKENS} tokens, tok/s without a stalled reader (rounds)`, fmt(without)],
-    ['… with one stalled reader (n = 1, its socket buffers full)', fmt(withStalled)],
-    ['ratio with/without: median (spread)', `${median(ratios).toFixed(2)} (${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)})`],
-    [`stalled request ended, after its socket buffers filled (stall timeout ${STALL_TIMEOUT_MS} ms)`, verdicts.join(' / ')],
-    ['then one n = 8 request (all 8 sequences)', freed],
-  ];
-}
-
-async function sigtermPart(kiln: KilnProcess): Promise<Array<[string, string]>> {
-  const url = kiln.url;
-  const clients: Array<[string, Promise<StreamResult>]> = [
-    ['reader, 300 tokens', stream(url, { model: STREAMS, max_tokens: 300, messages: prompt('Term A') })],
-    ['reader, 300 tokens', stream(url, { model: STREAMS, max_tokens: 300, messages: prompt('Term B') })],
-    ['reader, 16000 tokens', stream(url, { model: STREAMS, max_tokens: STALLED_TOKENS, messages: prompt('Term C') })],
-  ];
-  const stalled = new StalledReader(url, { model: STALLED_ID, max_tokens: STALLED_TOKENS, messages: prompt('Term stalled') });
-  await stalled.headers;
-  const full = await stalled.backedUp(60_000);
-  const exited = new Promise<number | null>((resolve) => kiln.child.once('exit', (code) => resolve(code)));
-  const signalled = performance.now();
-  kiln.child.kill('SIGTERM');
-  let timer: NodeJS.Timeout | undefined;
-  const code = await Promise.race([exited, new Promise<string>((resolve) => (timer = setTimeout(() => resolve('still running after 60 s'), 60_000)))]);
-  clearTimeout(timer);
-  const exitMs = performance.now() - signalled;
-  const outcomes = await Promise.all(clients.map(async ([name, result]) => `${name}: ${describeEnd(await result)}`));
-  const got = await stalled.drain(1_000);
-  outcomes.push(`stalled reader${full === undefined ? ' (never backed up)' : ''}: ${got.end}${got.detail ? ` (${got.detail.slice(0, 60)})` : ''}`);
-  return [
-    [`SIGTERM with 3 streams and a stalled reader (drain ${DRAIN_TIMEOUT_MS} ms): exit`, typeof code === 'string' ? code : `code ${code} after ${exitMs.toFixed(0)} ms`],
-    ...outcomes.map((outcome): [string, string] => ['client', outcome]),
-  ];
-}
-
-function describeEnd(result: StreamResult): string {
-  return `${result.end}${result.detail ? ` (${result.detail.slice(0, 60)})` : ''}, ${result.tokens} tokens`;
-}
-
 async function main(): Promise<void> {
   const [chat, reasoning, overload, streams] = await Promise.all([
-    ensureTinyModel({ flavor: 'qwen2.5' }),
+    flags['real-vocab'] ? ensureBenchModel(REAL_VOCAB_SHAPE) : ensureTinyModel({ flavor: 'qwen2.5' }),
     ensureTinyModel({ flavor: 'r1-distill' }),
     ensureTinyModel({ neverEnd: true, seed: 2 }),
     ensureTinyModel({ neverEnd: true, seed: 3 }),
   ]);
   // One thread: the prebuilt llama.cpp spawns its threads per decode, which costs more than a tiny model's decode.
   const small = { parallel: 4, context_size: 512, threads: 1, queue_depth: 16, queue_wait_ms: 30_000 };
-  const config = await writeConfig({
-    server: { stall_timeout_ms: STALL_TIMEOUT_MS, drain_timeout_ms: DRAIN_TIMEOUT_MS },
-    models: [
-      { id: FUZZ_MODEL, file: chat, ...small },
-      { id: FUZZ_REASONING_MODEL, file: reasoning, ...small },
-      { id: OVERLOAD, file: overload, parallel: 4, context_size: 1024, threads: 1, queue_depth: 8, queue_wait_ms: 2_000 },
-      { id: STREAMS, file: streams, parallel: 8, context_size: 16_500, threads: 1, queue_depth: 8, queue_wait_ms: 3_000 },
-      { id: STALLED_ID, file: streams },
-    ],
-  });
+  const models = [
+    { id: FUZZ_MODEL, file: chat, ...small },
+    { id: FUZZ_REASONING_MODEL, file: reasoning, ...small },
+    { id: OVERLOAD, file: overload, parallel: 4, context_size: 1024, threads: 1, queue_depth: 8, queue_wait_ms: 2_000 },
+    { id: STREAMS, file: streams, parallel: 8, context_size: 16_500, threads: 1, queue_depth: 8, queue_wait_ms: 3_000 },
+    { id: STALLED_ID, file: streams },
+  ];
   const env = flags['arena-max'] === undefined ? {} : { MALLOC_ARENA_MAX: flags['arena-max'] };
-  const kiln = await startKiln(['--config', config, '--log-level', 'warn'], env);
+  const args = ['--log-level', 'warn'];
+  let kiln: KilnProcess;
+  try {
+    kiln = await startKiln(['--config', await writeConfig({ server: { stall_timeout_ms: STALL_TIMEOUT_MS, drain_timeout_ms: DRAIN_TIMEOUT_MS }, models }), ...args], env);
+  } catch (error) {
+    // A server from before these settings existed (to compare with an older commit): run with its defaults.
+    if (!/(stall|drain)_timeout_ms/.test((error as Error).message)) throw error;
+    console.error('this server has no stall_timeout_ms / drain_timeout_ms: running without them');
+    kiln = await startKiln(['--config', await writeConfig({ models }), ...args], env);
+  }
   const poller = new HealthPoller(kiln.url);
   const began = new Date().toISOString();
   try {
-    if (PARTS.has('a')) await measured(kiln, poller, 'a fuzz', () => fuzzPart(kiln.url));
+    if (PARTS.has('a')) {
+      const cases = sampleFuzzCases(Number(flags.bodies), Number(flags.seed), SOAK_SCALE);
+      await measured(kiln, poller, 'a fuzz', () => fuzzPart(kiln.url, kiln.child.pid!, cases));
+    }
     if (PARTS.has('b')) await measured(kiln, poller, 'b overload', () => overloadPart(kiln.url));
     if (PARTS.has('c')) await measured(kiln, poller, 'c aborts', () => abortPart(kiln.url));
-    if (PARTS.has('d')) await measured(kiln, poller, 'd stalled reader', () => stalledPart(kiln.url));
-    if (PARTS.has('e')) await measured(kiln, poller, 'e SIGTERM', () => sigtermPart(kiln));
+    const streams = { streams: STREAMS, stalled: STALLED_ID, rounds: Number(flags.rounds), stallTimeoutMs: STALL_TIMEOUT_MS, drainTimeoutMs: DRAIN_TIMEOUT_MS };
+    if (PARTS.has('m')) await measured(kiln, poller, 'm big bodies', () => memoryPart(kiln.url, kiln.child.pid!, FUZZ_MODEL, Number(flags.rounds), flags.kinds?.split(',').map(Number)));
+    if (PARTS.has('d')) await measured(kiln, poller, 'd stalled reader', () => stalledPart(kiln.url, streams));
+    if (PARTS.has('e')) await measured(kiln, poller, 'e SIGTERM', () => sigtermPart(kiln, streams));
   } finally {
     await poller.stop();
     await kiln.stop();
