@@ -45,6 +45,7 @@ interface Result {
   failure: string | undefined;
   status: number;
   ms: number;
+  body: string;
 }
 
 async function send(fuzzCase: FuzzCase): Promise<Result> {
@@ -62,9 +63,9 @@ async function send(fuzzCase: FuzzCase): Promise<Result> {
   ]);
   clearTimeout(timer);
   const ms = performance.now() - started;
-  if (response === 'hang') return { failure: `no answer within ${HANG_MS} ms`, status: 0, ms };
+  if (response === 'hang') return { failure: `no answer within ${HANG_MS} ms`, status: 0, ms, body: '' };
   const contentType = response.headers['content-type'];
-  return { failure: checkResponse(response.statusCode, typeof contentType === 'string' ? contentType : undefined, response.body), status: response.statusCode, ms };
+  return { failure: checkResponse(response.statusCode, typeof contentType === 'string' ? contentType : undefined, response.body), status: response.statusCode, ms, body: response.body };
 }
 
 test(`${RUNS} fuzzed request bodies (seed ${SEED}): every answer is a 2xx or a 4xx with the contract's error body`, async (t) => {
@@ -88,4 +89,40 @@ test(`${RUNS} fuzzed request bodies (seed ${SEED}): every answer is a 2xx or a 4
   t.diagnostic(`statuses ${JSON.stringify(Object.fromEntries(tally))}; slowest request ${slowest.ms.toFixed(0)} ms (${slowest.label.slice(0, 160)}); worst event-loop delay ${(loop.max / 1e6).toFixed(0)} ms`);
   const report = [...groups.values()].map((g) => `  ${g.count}× e.g. case #${g.index}: ${g.example}`).join('\n');
   assert.equal(groups.size, 0, `${[...groups.values()].reduce((sum, g) => sum + g.count, 0)} of ${RUNS} cases failed (seed ${SEED}):\n${report}`);
+});
+
+/**
+ * Depth is where recursion breaks, and whether it breaks depends on how much stack is left at that point, so random
+ * depths can miss it: every place that takes nested JSON gets the same ladder of depths, on both templates (the
+ * R1-distill one has no tool syntax, so Kiln writes tool calls into the prompt itself).
+ */
+test('nested 100 to 20,000 deep in every nested field: a 2xx or a 4xx with the contract body, no stack overflow', async () => {
+  const deepObject = (depth: number) => '{"a":'.repeat(depth) + '1' + '}'.repeat(depth);
+  const deepArray = (depth: number) => '['.repeat(depth) + ']'.repeat(depth);
+  const base = (model: string, extra: string) => `{"model":${JSON.stringify(model)},"max_tokens":2,${extra}}`;
+  const user = '"messages":[{"role":"user","content":"hi"}]';
+  const places: Record<string, (depth: number) => string> = {
+    'tool_calls[0].function.arguments': (d) =>
+      `"messages":[{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":${JSON.stringify(deepObject(d))}}}]},{"role":"user","content":"hi"}]`,
+    'tools[0].function.parameters (properties)': (d) =>
+      `${user},"tools":[{"type":"function","function":{"name":"f","parameters":${'{"type":"object","properties":{"p":'.repeat(d)}{"type":"string"}${'}}'.repeat(d)}}}]`,
+    'tools[0].function.parameters (default)': (d) => `${user},"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","default":${deepArray(d)}}}}]`,
+    'response_format.json_schema.schema (items)': (d) =>
+      `${user},"response_format":{"type":"json_schema","json_schema":{"name":"out","schema":${'{"type":"array","items":'.repeat(d)}{"type":"string"}${'}'.repeat(d)}}}`,
+    'response_format.json_schema.schema (const)': (d) => `${user},"response_format":{"type":"json_schema","json_schema":{"name":"out","schema":{"const":${deepObject(d)}}}}`,
+    'messages[0].content': (d) => `"messages":[{"role":"user","content":${deepArray(d)}}]`,
+    'an unknown field': (d) => `${user},"extra":${deepObject(d)}`,
+  };
+  const failures: string[] = [];
+  for (const model of [FUZZ_MODEL, FUZZ_REASONING_MODEL]) {
+    for (const [place, make] of Object.entries(places)) {
+      for (const depth of [100, 1_000, 2_000, 2_200, 2_400, 2_700, 3_000, 5_000, 20_000]) {
+        const { failure, body } = await send({ label: `${place} ${depth} deep`, payload: base(model, make(depth)), contentType: 'application/json' });
+        // A 400 that reports a stack overflow is recursion without a bound that happened to be caught.
+        const overflow = /call stack/i.test(body) ? `stack overflow reported: ${body.slice(0, 160)}` : undefined;
+        if ((failure ?? overflow) !== undefined) failures.push(`${model}: ${place} nested ${depth} deep → ${(failure ?? overflow)!.slice(0, 160)}`);
+      }
+    }
+  }
+  assert.deepEqual(failures, []);
 });
