@@ -12,7 +12,7 @@
  *      stall timeout and frees its sequence
  *   e  SIGTERM with streams running and one stalled reader: time to exit and what each client received
  *   m  (only when asked for) the biggest bodies the server accepts, 4 at a time: RSS at peak and after each kind
- * Options: --bodies N (2000), --rounds R (3), --part a,b,c,d,e, --seed S, --workers W (concurrent fuzz requests, 4),
+ * Options: --bodies N (2000), --rounds R (5), --part a,b,c,d,e, --seed S, --workers W (concurrent fuzz requests, 4),
  * --arena-max N (MALLOC_ARENA_MAX for the server, to tell fragmentation from growth), --rss-log MiB (print each body
  * after which the server's RSS moved by at least that much; use with --workers 1), --real-vocab (the fuzzed chat model
  * gets Qwen2's real 151,936-token vocabulary), --kinds i,j (part m: only these kinds of body).
@@ -32,7 +32,7 @@ import { count, prompt, sigtermPart, stalledPart, tallyText } from './soak-strea
 const { values: flags } = parseArgs({
   options: {
     bodies: { type: 'string', default: '2000' },
-    rounds: { type: 'string', default: '3' },
+    rounds: { type: 'string', default: '5' },
     part: { type: 'string', default: 'a,b,c,d,e' },
     seed: { type: 'string', default: '20261130' },
     'arena-max': { type: 'string' },
