@@ -13,6 +13,7 @@ const agent = new Agent({ keepAlive: true, maxSockets: 256 });
 export interface HttpResult {
   status: number;
   contentType: string | undefined;
+  retryAfter: string | undefined;
   body: string;
   ms: number;
 }
@@ -24,7 +25,7 @@ export function send(url: string, path: string, body: string | undefined, header
     const req = request(`${url}${path}`, { method: body === undefined ? 'GET' : 'POST', headers, agent, timeout: timeoutMs }, (res) => {
       const parts: Buffer[] = [];
       res.on('data', (data: Buffer) => parts.push(data));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, contentType: res.headers['content-type'], body: Buffer.concat(parts).toString('utf8'), ms: performance.now() - started }));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, contentType: res.headers['content-type'], retryAfter: res.headers['retry-after'], body: Buffer.concat(parts).toString('utf8'), ms: performance.now() - started }));
       res.on('error', reject);
     });
     req.on('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));

@@ -141,6 +141,7 @@ async function overloadPart(url: string): Promise<Array<[string, string]>> {
         const result = await post(url, { model: OVERLOAD, max_tokens: 256, messages: prompt(`Overload ${i}`) });
         count(tally, result.status);
         if (result.status !== 200 && Number.isNaN(firstRefusal)) firstRefusal = performance.now() - started;
+        if (result.status !== 200 && result.retryAfter === undefined) count(tally, `${result.status} without Retry-After`);
         if (![200, 429, 503].includes(result.status)) console.error(`  overload: ${result.status} ${result.body.slice(0, 200)}`);
       } catch (error) {
         count(tally, 'no answer');
