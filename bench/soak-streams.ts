@@ -15,7 +15,7 @@ export interface StreamsOptions {
 }
 
 const READERS = 7;
-const READER_TOKENS = 500;
+const READER_TOKENS = 1_000;
 const STALLED_TOKENS = 16_000;
 
 export const prompt = (text: string) => [{ role: 'system', content: 'You are a helpful assistant.' }, { role: 'user', content: text }];
@@ -69,7 +69,7 @@ export async function stalledPart(url: string, o: StreamsOptions): Promise<Array
   return [
     [`${READERS} readers × ${READER_TOKENS} tokens, tok/s without a stalled reader (rounds)`, fmt(without)],
     ['… with one stalled reader (n = 1, its socket buffers full)', fmt(withStalled)],
-    ['ratio with/without: median (spread)', `${median(ratios).toFixed(2)} (${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)})`],
+    ['ratio with/without: median of paired rounds (spread); ratio of the medians', `${median(ratios).toFixed(2)} (${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)}); ${(median(withStalled) / median(without)).toFixed(2)}`],
     [`stalled request ended, after its socket buffers filled (stall timeout ${o.stallTimeoutMs} ms)`, verdicts.join(' / ')],
     ['then one n = 8 request (all 8 sequences)', freed],
   ];

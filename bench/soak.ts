@@ -47,7 +47,7 @@ const OVERLOAD = 'soak/overload';
 const STREAMS = 'soak/streams';
 /** The server's default body limit (src/http/server.ts). */
 const BODY_LIMIT = 4 * 1024 * 1024;
-const STALL_TIMEOUT_MS = 6_000;
+const STALL_TIMEOUT_MS = 10_000;
 const DRAIN_TIMEOUT_MS = 4_000;
 /**
  * A second id for the streams model, used by the stalled readers: every chunk repeats the model id, so ~3 KB per
