@@ -78,7 +78,7 @@ export function classifyStream(status: number, text: string): { end: StreamEnd; 
 }
 
 /** Streams a request to the end (or until `abortAfterFirstChunk`), counting the tokens the usage chunk reports. */
-export function stream(url: string, body: Record<string, unknown>, options: { abortAfterFirstChunk?: boolean; timeoutMs?: number } = {}): Promise<StreamResult> {
+export function stream(url: string, body: Record<string, unknown>, options: { abortAfterFirstChunk?: boolean; timeoutMs?: number; signal?: AbortSignal } = {}): Promise<StreamResult> {
   const started = performance.now();
   const payload = JSON.stringify({ ...body, stream: true, stream_options: { include_usage: true } });
   return new Promise((resolve) => {
@@ -101,6 +101,7 @@ export function stream(url: string, body: Record<string, unknown>, options: { ab
     });
     req.on('timeout', () => req.destroy());
     req.on('error', finish);
+    options.signal?.addEventListener('abort', () => req.destroy(), { once: true });
     req.end(payload);
   });
 }
