@@ -12,8 +12,8 @@ import {
   type ContentWire,
 } from '../protocol/request.js';
 import { REQUEST_DEFAULTS, type ChatMessage, type ChatRequest, type ResponseFormat, type ToolChoice } from './chat-request.js';
-import { checkSchemaBounds } from './grammar/schema-bounds.js';
-import { checkCounts, checkTextBytes, REQUEST_LIMIT_DEFAULTS, type RequestLimits } from './request-limits.js';
+import { checkSchemaBounds, DEFAULT_MAX_SCHEMA_DEPTH, HARD_MAX_SCHEMA_DEPTH } from './grammar/schema-bounds.js';
+import { checkArgumentsDepth, checkCounts, checkTextBytes, REQUEST_LIMIT_DEFAULTS, type RequestLimits } from './request-limits.js';
 
 /** The size limits (request-limits.ts) bound the work a request can cause before any of it is done. */
 export interface NormalizeOptions extends RequestLimits {
@@ -53,6 +53,7 @@ export function normalizeChatRequest(body: unknown, options: NormalizeOptions): 
   }
 
   checkTextBytes(wire, options.maxTextBytes ?? REQUEST_LIMIT_DEFAULTS.maxTextBytes);
+  checkArgumentsDepth(wire, Math.min(options.maxSchemaDepth ?? DEFAULT_MAX_SCHEMA_DEPTH, HARD_MAX_SCHEMA_DEPTH));
   const messages = wire.messages.map(normalizeMessage);
   checkConversation(wire.messages);
   const tools = normalizeTools(wire, options);

@@ -73,6 +73,39 @@ export function checkTextBytes(wire: ChatCompletionRequestWire, maxBytes: number
   wire.tools?.forEach((tool, index) => add(`tools[${index}].function.description`, tool.function.description));
 }
 
+/**
+ * Earlier tool calls' `arguments` are parsed and written back into the prompt (the template's `tojson`, or Kiln's own
+ * Hermes rendering), both recursive: their JSON nesting is bounded like a schema's, counted on the text without
+ * parsing it.
+ */
+export function checkArgumentsDepth(wire: ChatCompletionRequestWire, maxDepth: number): void {
+  wire.messages.forEach((message, index) => {
+    if (message.role !== 'assistant') return;
+    message.tool_calls?.forEach((call, callIndex) => {
+      if (jsonTextDepth(call.function.arguments) <= maxDepth) return;
+      const param = `messages[${index}].tool_calls[${callIndex}].function.arguments`;
+      throw invalid(param, `Invalid '${param}': the arguments nest deeper than ${maxDepth} levels, the most this server accepts.`);
+    });
+  });
+}
+
+/** Deepest bracket nesting of JSON text, strings skipped; malformed text is measured the same way. */
+export function jsonTextDepth(text: string): number {
+  let depth = 0;
+  let deepest = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const char = text.charCodeAt(i);
+    if (inString) {
+      if (char === 0x5c /* \ */) i++;
+      else if (char === 0x22 /* " */) inString = false;
+    } else if (char === 0x22) inString = true;
+    else if (char === 0x5b /* [ */ || char === 0x7b /* { */) deepest = Math.max(deepest, ++depth);
+    else if (char === 0x5d /* ] */ || char === 0x7d /* } */) depth--;
+  }
+  return deepest;
+}
+
 function invalid(param: string, message: string): KilnError {
   return new KilnError('invalidParameter', { param, message });
 }

@@ -55,6 +55,21 @@ test('content parts over all messages, tools, and text bytes name the field wher
   assert.equal(rejection(body({ messages: [user('x'.repeat(REQUEST_LIMIT_DEFAULTS.maxTextBytes + 1))] })).param, 'messages[0].content');
 });
 
+test("earlier tool calls' arguments nest at most as deep as a schema may, counted on the text", () => {
+  const call = (args: string) => ({
+    model: 'tiny',
+    messages: [user('hi'), { role: 'assistant', content: null, tool_calls: [{ id: 'c1', type: 'function', function: { name: 'f', arguments: args } }] }, { role: 'tool', tool_call_id: 'c1', content: 'ok' }],
+  });
+  const nested = (depth: number) => '{"a":'.repeat(depth) + '1' + '}'.repeat(depth);
+  normalizeChatRequest(call(nested(64)), options());
+  normalizeChatRequest(call(`{"text": "${'{['.repeat(500)}"}`), options()); // brackets inside strings do not count
+  const error = rejection(call(nested(65)));
+  assert.equal(error.param, 'messages[1].tool_calls[0].function.arguments');
+  assert.match(error.message, /deeper than 64/);
+  assert.equal(rejection(call(nested(20_000))).param, 'messages[1].tool_calls[0].function.arguments');
+  assert.equal(rejection(call(nested(9)), { maxSchemaDepth: 8 }).param, 'messages[1].tool_calls[0].function.arguments');
+});
+
 test('the completion limit is named as the client sent it', () => {
   assert.equal(normalizeChatRequest(body({ max_completion_tokens: 5 }), options()).maxTokensParam, 'max_completion_tokens');
   assert.equal(normalizeChatRequest(body({ max_tokens: 5 }), options()).maxTokensParam, undefined);
