@@ -11,8 +11,8 @@ export interface ServerLifecycle {
   draining: boolean;
   /** Chat requests being served (their abort controllers). */
   readonly inFlight: Set<AbortController>;
-  /** Open connections → the bytes they had read when their last response was flushed (absent: none yet). */
-  readonly connections: Map<Socket, number | undefined>;
+  /** Open connections → their requests not yet answered, and the bytes read when the last one was. */
+  readonly connections: Map<Socket, { active: number; readWhenIdle: number | undefined }>;
 }
 
 const lifecycles = new WeakMap<FastifyInstance, ServerLifecycle>();
@@ -26,13 +26,19 @@ export function attachLifecycle(app: FastifyInstance, retryAfterSeconds = 1): Se
   const lifecycle: ServerLifecycle = { draining: false, inFlight: new Set(), connections: new Map() };
   lifecycles.set(app, lifecycle);
   app.server.on('connection', (socket: Socket) => {
-    lifecycle.connections.set(socket, undefined);
+    lifecycle.connections.set(socket, { active: 0, readWhenIdle: undefined });
     socket.once('close', () => lifecycle.connections.delete(socket));
   });
   app.addHook('onRequest', async (request, reply) => {
-    const socket = request.raw.socket;
-    // 'finish': the whole response reached the OS, not merely end() called.
-    reply.raw.once('finish', () => lifecycle.connections.has(socket) && lifecycle.connections.set(socket, socket.bytesRead));
+    // Counted per connection: Node reads requests pipelined behind one in flight at once, and answers them in turn.
+    const connection = lifecycle.connections.get(request.raw.socket);
+    if (connection !== undefined) {
+      connection.active++;
+      // 'close' follows 'finish' (the whole response reached the OS, not merely end() called) or an abort.
+      reply.raw.once('close', () => {
+        if (--connection.active === 0) connection.readWhenIdle = request.raw.socket.bytesRead;
+      });
+    }
     if (!lifecycle.draining) return;
     reply.header('connection', 'close');
     throw new KilnError('shuttingDown', { retryAfterSeconds });
@@ -63,9 +69,9 @@ export async function closeGracefully(app: FastifyInstance, options: CloseOption
   // closeIdleConnections(), which also destroys responses that were ended but are still being flushed to a slow
   // reader; nor `Connection: close` on every response, which would drop requests pipelined behind it.
   const reaper = setInterval(() => {
-    for (const [socket, readAtLastResponse] of lifecycle.connections) {
-      const busy = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage != null;
-      if (!busy && readAtLastResponse === socket.bytesRead) socket.destroy();
+    for (const [socket, { active, readWhenIdle }] of lifecycle.connections) {
+      const busy = active > 0 || (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage != null;
+      if (!busy && readWhenIdle === socket.bytesRead) socket.destroy();
     }
   }, 100);
   try {

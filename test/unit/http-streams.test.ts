@@ -152,25 +152,46 @@ test('shutdown: a request arriving on a kept-alive connection while draining get
   const server = await startTestServer({}, { startDelayMs: 400 });
   const keptAlive = await openSocket(server.port);
   let text = '';
-  const second = new Promise<void>((resolve) => {
+  const second = new Promise<void>((resolve, reject) => {
     keptAlive.on('data', (data) => {
-      const before = text;
       text += data;
-      // As soon as the first answer is in, ask again on the same connection.
-      if (before === '' && /\r\n\r\n/.test(text)) keptAlive.write(postRequest(chatBody()));
       if (/HTTP\/1\.1 503/.test(text) && text.endsWith('}')) resolve();
     });
+    keptAlive.on('close', () => reject(new Error(`the connection closed before the 503: ${JSON.stringify(text.slice(0, 300))}`)));
   });
+  // The second request is sent while the first is still in flight and the drain has begun (asking only after the
+  // first answer would race the server closing the connection, idle by then, which is what it should do).
   keptAlive.write(postRequest(chatBody()));
   await sleep(100);
   const closing = closeGracefully(server.app, { drainTimeoutMs: 5000 });
+  await sleep(100);
+  keptAlive.write(postRequest(chatBody()));
   await second;
+  assert.match(text, /^HTTP\/1\.1 200/, 'the request in flight finished');
   const answer = parseResponse(text.slice(text.indexOf('HTTP/1.1 503')));
   assert.equal(answer.status, 503);
   assert.equal(answer.headers['retry-after'], '1');
   assert.match(answer.headers['x-request-id'] ?? '', /^\w+$/);
   assert.equal(answer.headers.connection, 'close');
   assert.equal((JSON.parse(answer.body) as { error: { code: string } }).error.code, 'shutting_down');
+  assert.deepEqual(await closing, { endedAtDeadline: 0, forced: false });
+});
+
+test('shutdown: requests pipelined on one connection before the drain are all answered', async () => {
+  const server = await startTestServer({}, { startDelayMs: 400 });
+  const socket = await openSocket(server.port);
+  let text = '';
+  const answered = new Promise<void>((resolve, reject) => {
+    socket.on('data', (data) => {
+      text += data;
+      if ((text.match(/HTTP\/1\.1 200/g) ?? []).length === 2 && text.endsWith('}')) resolve();
+    });
+    socket.on('close', () => reject(new Error(`closed with ${(text.match(/HTTP\/1\.1 200/g) ?? []).length} of 2 answers`)));
+  });
+  socket.write(postRequest(chatBody()) + postRequest(chatBody()));
+  await sleep(100);
+  const closing = closeGracefully(server.app, { drainTimeoutMs: 5000 });
+  await answered;
   assert.deepEqual(await closing, { endedAtDeadline: 0, forced: false });
 });
 
