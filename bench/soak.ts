@@ -74,7 +74,8 @@ async function measured(kiln: KilnProcess, poller: HealthPoller, part: string, r
   const figures = await run();
   const rss = await watch.stop();
   const health = poller.take();
-  const rssText = `${rss.before.toFixed(0)} → ${rss.after.toFixed(0)} (peak ${rss.peak.toFixed(0)})`;
+  const mib = (value: number) => (Number.isNaN(value) ? 'exited' : value.toFixed(0));
+  const rssText = `${mib(rss.before)} → ${mib(rss.after)} (peak ${mib(rss.peak)})`;
   const healthText = `${health.worst.toFixed(0)} / ${health.p99.toFixed(0)}`;
   console.error(`part ${part} done in ${((performance.now() - started) / 1000).toFixed(1)} s; RSS MiB ${rssText}; /health worst/p99 ms ${healthText} (${health.count} polls)`);
   figures.forEach(([figure, value], i) => rows.push({ part: i === 0 ? part : '', figure, value, rss: i === 0 ? rssText : '', health: i === 0 ? healthText : '' }));
