@@ -12,17 +12,13 @@ import {
   type ContentWire,
 } from '../protocol/request.js';
 import { REQUEST_DEFAULTS, type ChatMessage, type ChatRequest, type ResponseFormat, type ToolChoice } from './chat-request.js';
-import { checkSchemaBounds, DEFAULT_MAX_SCHEMA_DEPTH, HARD_MAX_SCHEMA_DEPTH } from './grammar/schema-bounds.js';
+import { checkSchemaBounds, schemaDepthLimit } from './grammar/schema-bounds.js';
 import { checkArgumentsDepth, checkCounts, checkTextBytes, REQUEST_LIMIT_DEFAULTS, type RequestLimits } from './request-limits.js';
 
 /** The size limits (request-limits.ts) bound the work a request can cause before any of it is done. */
 export interface NormalizeOptions extends RequestLimits {
   /** Largest `n` this server accepts. */
   maxChoices: number;
-  /** Deepest JSON nesting in a tool's parameters or a json_schema (default DEFAULT_MAX_SCHEMA_DEPTH). */
-  maxSchemaDepth?: number;
-  /** Most JSON values in one such schema (default DEFAULT_MAX_SCHEMA_NODES). */
-  maxSchemaNodes?: number;
 }
 
 export { REQUEST_LIMIT_DEFAULTS };
@@ -53,7 +49,7 @@ export function normalizeChatRequest(body: unknown, options: NormalizeOptions): 
   }
 
   checkTextBytes(wire, options.maxTextBytes ?? REQUEST_LIMIT_DEFAULTS.maxTextBytes);
-  checkArgumentsDepth(wire, Math.min(options.maxSchemaDepth ?? DEFAULT_MAX_SCHEMA_DEPTH, HARD_MAX_SCHEMA_DEPTH));
+  checkArgumentsDepth(wire, schemaDepthLimit(options.maxSchemaDepth));
   const messages = wire.messages.map(normalizeMessage);
   checkConversation(wire.messages);
   const tools = normalizeTools(wire, options);

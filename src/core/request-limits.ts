@@ -12,6 +12,10 @@ export interface RequestLimits {
   maxTools?: number;
   /** UTF-8 bytes of all client text together: message contents, tool call arguments, tool descriptions. */
   maxTextBytes?: number;
+  /** Deepest JSON nesting in a tool's parameters, a json_schema or earlier tool calls' arguments (schema-bounds.ts). */
+  maxSchemaDepth?: number;
+  /** Most JSON values in one tool's parameters or json_schema (schema-bounds.ts). */
+  maxSchemaNodes?: number;
 }
 
 /**

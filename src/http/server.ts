@@ -66,7 +66,6 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
     requestTimeout: bodyTimeoutMs,
     http: {
       headersTimeout: headersTimeoutMs,
-      requestTimeout: bodyTimeoutMs,
       // Node checks receipt deadlines every 30 s by default, which would let a 20 s deadline run to 50 s.
       connectionsCheckingInterval: Math.max(10, Math.min(1000, Math.floor(headersTimeoutMs / 4))),
       // Node answers a missing Host itself, with an empty body; the hook below answers it in the contract's shape.

@@ -5,7 +5,8 @@
 import { ConfigError, type LimitsConfig, type ModelConfig } from '../config/config.js';
 import type { ChatEngine } from '../core/engine.js';
 import { LlamaEngine, type LlamaEngineSettings } from '../engines/llama/llama-engine.js';
-import { ChatService, type RequestLimits } from './chat-service.js';
+import type { RequestLimits } from '../core/request-limits.js';
+import { ChatService } from './chat-service.js';
 import { ModelRegistry } from './model-registry.js';
 
 export const KILN_VERSION = '0.1.0';

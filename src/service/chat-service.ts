@@ -7,7 +7,8 @@ import { randomBytes } from 'node:crypto';
 import { isProModel, offeredTools, type ChatRequest } from '../core/chat-request.js';
 import type { EngineRun } from '../core/engine.js';
 import { mergeIterators } from '../core/merge-iterators.js';
-import { normalizeChatRequest, type NormalizeOptions } from '../core/normalize-request.js';
+import { normalizeChatRequest } from '../core/normalize-request.js';
+import type { RequestLimits } from '../core/request-limits.js';
 import { ChoicePostProcessor, type ChoiceDelta, type ChoiceUpdate } from '../core/postprocess/choice-processor.js';
 import { KilnError } from '../errors/catalog.js';
 import type {
@@ -20,11 +21,9 @@ import type {
 } from '../protocol/response.js';
 import type { ModelRegistry } from './model-registry.js';
 
-/** The configurable bounds on one request (unset: normalizeChatRequest's defaults). */
-export type RequestLimits = Omit<NormalizeOptions, 'maxChoices'>;
-
 export interface ChatServiceOptions {
   maxChoices: number;
+  /** The configurable bounds on one request (unset: the defaults of request-limits.ts and schema-bounds.ts). */
   limits?: RequestLimits;
   systemFingerprint: string;
 }

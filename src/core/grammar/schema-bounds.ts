@@ -35,6 +35,11 @@ export interface SchemaLimits {
   maxNodes?: number;
 }
 
+/** The nesting limit in force for a configured one (unset: the default; never past the hard cap). */
+export function schemaDepthLimit(configured: number | undefined): number {
+  return Math.min(configured ?? DEFAULT_MAX_SCHEMA_DEPTH, HARD_MAX_SCHEMA_DEPTH);
+}
+
 interface Frame {
   value: unknown;
   depth: number;
@@ -47,7 +52,7 @@ interface Frame {
  * plain JSON (as parsed from a request body) is expected; other objects are walked by their own enumerable keys.
  */
 export function checkSchemaBounds(schema: unknown, param: string, limits: SchemaLimits = {}): void {
-  const maxDepth = Math.min(limits.maxDepth ?? DEFAULT_MAX_SCHEMA_DEPTH, HARD_MAX_SCHEMA_DEPTH);
+  const maxDepth = schemaDepthLimit(limits.maxDepth);
   const maxNodes = Math.min(limits.maxNodes ?? DEFAULT_MAX_SCHEMA_NODES, HARD_MAX_SCHEMA_NODES);
   const stack: Frame[] = [{ value: schema, depth: 0, parent: undefined, key: undefined }];
   let nodes = 0;

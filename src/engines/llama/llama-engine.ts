@@ -196,7 +196,6 @@ export class LlamaEngine implements ChatEngine {
     if (this.grammarCache.delete(text)) this.grammarCacheChars -= text.length;
   }
 
-
   private checkPromptFits(promptTokens: number, atLeast: boolean): void {
     const contextSize = this.context.contextSize;
     if (promptTokens < contextSize) return;
