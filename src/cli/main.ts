@@ -128,6 +128,7 @@ async function serve(flags: Flags, configOverride?: FileConfig): Promise<{ url: 
     throw new ConfigError(`refusing to listen on ${host} without an API key: give --api-key (or KILN_API_KEYS), or --insecure-no-auth`);
   }
   for (const model of config.models) {
+    if (model.file === undefined) continue;
     await access(model.file).catch(() => {
       throw new ConfigError(`model '${model.id}': file not found: ${model.file}`);
     });
@@ -137,6 +138,7 @@ async function serve(flags: Flags, configOverride?: FileConfig): Promise<{ url: 
   const kiln = await assembleKiln(config.models, {
     ...(config.server?.max_choices !== undefined ? { maxChoices: config.server.max_choices } : {}),
     ...(config.server?.limits !== undefined ? { limits: config.server.limits } : {}),
+    ...(config.server?.upstream !== undefined ? { upstream: config.server.upstream } : {}),
   });
   const server = config.server ?? {};
   const app = buildHttpServer({

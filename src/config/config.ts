@@ -10,9 +10,59 @@ import { formatPath } from '../core/normalize-request.js';
 /** How a model's weights are loaded: `memory` reads them into Kiln's own memory, `mmap` maps the file. */
 export const LOAD_MODES = ['memory', 'mmap'] as const;
 
+/** One OpenAI-compatible server that serves a model (vLLM, SGLang, llama-server, Ollama's /v1, TGI, another Kiln). */
+const upstreamSchema = z.strictObject({
+  /** Its OpenAI base URL, e.g. `http://gpu-node:8000/v1` (Kiln posts to `<url>/chat/completions`). Never logged. */
+  url: z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL' }).refine((url) => !/^https?:\/\/[^/]*@/.test(url), {
+    message: 'must not carry credentials: put the key in the environment and name the variable in api_key_env',
+  }),
+  /** The model name that server serves. */
+  model: z.string().min(1),
+  /** The environment variable holding its API key (keys never sit in the config file). */
+  api_key_env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be an environment variable name').optional(),
+  /** Share of the load relative to the model's other deployments (default 1). */
+  weight: z.number().positive().max(1000).optional(),
+  /** Requests (choices) sent to it at once (default 64); beyond every deployment's capacity, requests queue in Kiln. */
+  max_concurrency: z.int().min(1).max(100_000).optional(),
+  /** How logs and metrics name it (default `<model id>#<index>`): its URL never appears. */
+  name: z.string().min(1).max(128).optional(),
+});
+
+/** How Kiln treats upstream deployments; server-wide. */
+const upstreamPolicySchema = z.strictObject({
+  /** TCP (and TLS) connection set-up (default 5 s). */
+  connect_timeout_ms: z.int().min(1).optional(),
+  /** From sending the request to the upstream's first event (default 60 s: a long prompt's prefill on a busy server). */
+  first_token_timeout_ms: z.int().min(1).optional(),
+  /** Longest silence between two events of a response (default 30 s). */
+  idle_timeout_ms: z.int().min(1).optional(),
+  /** A whole upstream response (default 10 min). */
+  total_timeout_ms: z.int().min(1).optional(),
+  /** Deployments tried for one request before its response begins (default 3). */
+  max_attempts: z.int().min(1).max(16).optional(),
+  /** Time those attempts may take together (default 30 s). */
+  retry_budget_ms: z.int().min(1).optional(),
+  /** Consecutive failures (errors, timeouts) that eject a deployment (default 3). */
+  failure_threshold: z.int().min(1).optional(),
+  /** How long an ejected deployment rests before one probing request is let through; doubles on each failed probe (default 5 s). */
+  eject_ms: z.int().min(1).optional(),
+  /** The longest rest (default 60 s). */
+  max_eject_ms: z.int().min(1).optional(),
+  /** Active checks: `GET <url>/models` this often on every deployment (default 0: off, passive checks only). */
+  health_check_interval_ms: z.int().min(0).optional(),
+});
+
 const modelSchema = z.strictObject({
   id: z.string().min(1),
-  file: z.string().min(1),
+  /** A local GGUF file served in-process (llama.cpp). */
+  file: z.string().min(1).optional(),
+  /** OpenAI-compatible servers that serve this id; with `file`, the local engine is one more deployment. */
+  upstreams: z.array(upstreamSchema).min(1).max(256).optional(),
+  /**
+   * Requests that share a conversation's beginning prefer the deployment that served it, whose KV cache still holds
+   * it (default true when there are several deployments); never past a deployment's fair share of the load.
+   */
+  prefix_affinity: z.boolean().optional(),
   /** Concurrent sequences for this model's file. */
   parallel: z.int().min(1).max(256).optional(),
   /** Tokens per sequence. */
@@ -50,6 +100,7 @@ const configSchema = z.strictObject({
       /** On SIGTERM/SIGINT, how long requests in flight may take to finish before they are ended (default 30 s). */
       drain_timeout_ms: z.int().min(0).optional(),
       /** Bounds on one request's size, checked before any work on it; each excess is a 400 naming the field. */
+      upstream: upstreamPolicySchema.optional(),
       limits: z
         .strictObject({
           max_messages: z.int().min(1).optional(),
@@ -70,6 +121,8 @@ const configSchema = z.strictObject({
 });
 
 export type ModelConfig = z.infer<typeof modelSchema>;
+export type UpstreamConfig = z.infer<typeof upstreamSchema>;
+export type UpstreamPolicyConfig = z.infer<typeof upstreamPolicySchema>;
 export type LimitsConfig = NonNullable<NonNullable<z.infer<typeof configSchema>['server']>['limits']>;
 export type FileConfig = z.infer<typeof configSchema>;
 
@@ -96,7 +149,10 @@ export function parseConfig(text: string, baseDir: string, source = 'config'): F
   config.models.forEach((model, index) => {
     if (ids.has(model.id)) throw new ConfigError(`${source}: invalid field 'models[${index}].id': '${model.id}' is listed twice`);
     ids.add(model.id);
-    model.file = resolve(baseDir, model.file);
+    if (model.file === undefined && model.upstreams === undefined) {
+      throw new ConfigError(`${source}: invalid field 'models[${index}].file': is required unless 'upstreams' lists servers that serve the model`);
+    }
+    if (model.file !== undefined) model.file = resolve(baseDir, model.file);
   });
   return config;
 }

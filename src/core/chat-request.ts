@@ -2,6 +2,7 @@
  * The engine-neutral chat request: the wire request with every default resolved and every check done.
  * Engines and the service only ever see this shape.
  */
+import type { RequestGrammars } from './grammar/request-grammar.js';
 
 export type Role = 'system' | 'user' | 'assistant' | 'tool';
 
@@ -67,6 +68,11 @@ export interface ChatRequest {
   responseFormat: ResponseFormat;
   tools: ToolDefinition[];
   toolChoice: ToolChoice;
+  /**
+   * The GBNF grammars that enforce `response_format` and tool calls, built while normalising: a schema Kiln cannot
+   * enforce is a 400 whichever engine serves the model (an upstream never receives a request a local model refuses).
+   */
+  grammars: RequestGrammars;
   parallelToolCalls: boolean;
   /** Undefined: the model's default. */
   enableThinking: boolean | undefined;

@@ -1,10 +1,13 @@
 /**
- * What the service needs from an inference engine (embedded llama.cpp today, upstream servers later).
+ * What the service needs from an inference engine: embedded llama.cpp (engines/llama) or an OpenAI-compatible server
+ * over HTTP (engines/upstream), or a router over several of them (service/routing).
  *
- * `start` does everything that can still fail with a clean HTTP status — prompt rendering, context-length checks,
- * admission to a busy model — before any byte of the response is sent. Generation then yields raw decoded text;
- * stop strings, reasoning and tool parsing are the shared post-processor's job, not the engine's.
+ * `start` does everything that can still fail with a clean HTTP status — prompt rendering, context-length checks, the
+ * upstream's answer to the request — before any byte of the response is sent. Generation then yields raw decoded
+ * text; stop strings, reasoning and tool parsing are the shared post-processor's job, not the engine's. Admission
+ * (how many requests run, who waits) is the service's job: an engine only says how many choices it can run at once.
  */
+import type { KilnError } from '../errors/catalog.js';
 import type { ChatRequest } from './chat-request.js';
 
 export interface EngineTextEvent {
@@ -18,6 +21,11 @@ export interface EngineEndEvent {
   type: 'end';
   /** `eog`: the model ended its turn; `length`: the token budget ran out. */
   reason: 'eog' | 'length';
+  /**
+   * Token counts the engine knows better than the post-processor's tally of text events (an upstream's own usage).
+   * Unset fields fall back to that tally.
+   */
+  usage?: { completionTokens?: number; reasoningTokens?: number };
 }
 
 export type EngineEvent = EngineTextEvent | EngineEndEvent;
@@ -29,9 +37,13 @@ export type EngineEvent = EngineTextEvent | EngineEndEvent;
 export type ReasoningMode = 'open' | 'optional' | 'off';
 
 export interface EngineRun {
+  /**
+   * Prompt tokens. Read once every choice has ended: an upstream learns them only with the end of its response (an
+   * engine that knows them sooner may set them at once).
+   */
   readonly promptTokens: number;
   readonly reasoning: ReasoningMode;
-  /** Prompt tokens served from the KV cache instead of being evaluated. */
+  /** Prompt tokens served from a cache instead of being evaluated; read like promptTokens. */
   readonly cachedTokens: number;
   /** The token budget actually granted (the request's, or what the context had left when it was defaulted). */
   readonly maxTokens: number;
@@ -45,14 +57,47 @@ export interface EngineRun {
 }
 
 export interface EngineDescription {
-  /** Shown in logs and `system_fingerprint`. */
+  /** Shown in logs; never an upstream's URL. */
   name: string;
-  contextSize: number;
+  /** Tokens per sequence, where the engine knows it. */
+  contextSize?: number;
   supportsImages: boolean;
+  /** Most choices (`n`) one request may ask for; more is a 400 saying why (`maxChoicesReason`). */
+  maxChoices?: number;
+  maxChoicesReason?: string;
 }
 
 export interface ChatEngine {
   readonly description: EngineDescription;
+  /**
+   * Choices this engine can generate at once now (a request of `n` choices takes `n`). The service's admission lets
+   * no more than this run and queues the rest; it may change over time (an upstream ejected as unhealthy adds none).
+   */
+  capacity(): number;
+  /**
+   * Why the engine can serve nothing at all right now (every upstream unhealthy), as the error to answer at once
+   * instead of queueing; undefined when it can serve.
+   */
+  unavailable?(): KilnError | undefined;
   start(request: ChatRequest, signal: AbortSignal): Promise<EngineRun>;
+  /** A cheap check that the engine answers (an upstream's `GET /models`); rejects when it does not. */
+  probe?(signal: AbortSignal): Promise<void>;
   close(): Promise<void>;
+}
+
+/**
+ * How one deployment failed before its response began: a router may try another deployment when `retryable` (connect
+ * errors, timeouts, 429 and 5xx), and answers `error` when it may not or when no attempt is left. `unhealthy` says
+ * whether the failure counts against the deployment's health (a 429 is load, not sickness).
+ */
+export class DeploymentFailure extends Error {
+  override name = 'DeploymentFailure';
+
+  constructor(
+    readonly error: KilnError,
+    readonly retryable: boolean,
+    readonly unhealthy: boolean,
+  ) {
+    super(error.message, { cause: error });
+  }
 }

@@ -12,6 +12,7 @@ import {
   type ContentWire,
 } from '../protocol/request.js';
 import { REQUEST_DEFAULTS, type ChatMessage, type ChatRequest, type ResponseFormat, type ToolChoice } from './chat-request.js';
+import { requestGrammars } from './grammar/request-grammar.js';
 import { checkSchemaBounds, schemaDepthLimit } from './grammar/schema-bounds.js';
 import { checkArgumentsDepth, checkCounts, checkTextBytes, REQUEST_LIMIT_DEFAULTS, type RequestLimits } from './request-limits.js';
 
@@ -56,6 +57,8 @@ export function normalizeChatRequest(body: unknown, options: NormalizeOptions): 
   const toolChoice = normalizeToolChoice(wire, tools.map((tool) => tool.name));
   const maxTokens = wire.max_tokens ?? wire.max_completion_tokens;
   const last = wire.messages[wire.messages.length - 1]!;
+  const responseFormat = normalizeResponseFormat(wire, options);
+  const parallelToolCalls = wire.parallel_tool_calls ?? true;
 
   return {
     model: wire.model,
@@ -77,10 +80,11 @@ export function normalizeChatRequest(body: unknown, options: NormalizeOptions): 
       seedExplicit: wire.seed !== undefined && wire.seed !== null,
     },
     n,
-    responseFormat: normalizeResponseFormat(wire, options),
+    responseFormat,
     tools,
     toolChoice,
-    parallelToolCalls: wire.parallel_tool_calls ?? true,
+    grammars: requestGrammars({ tools, toolChoice, responseFormat, parallelToolCalls }),
+    parallelToolCalls,
     enableThinking: wire.enable_thinking ?? undefined,
     thinkingBudget: wire.thinking_budget ?? REQUEST_DEFAULTS.thinkingBudget,
     continueLastAssistant: last.role === 'assistant' && last.prefix === true,

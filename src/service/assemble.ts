@@ -1,13 +1,17 @@
 /**
- * Builds the running service from configuration: one engine per distinct GGUF file, shared by every id that
- * points at it.
+ * Builds the running service from configuration: each model id's deployments (a local GGUF and/or upstream servers)
+ * through the engine factory, one engine per distinct GGUF file shared by every id that points at it, and one
+ * admission queue per distinct list of deployments (so that `X` and `Pro/X` share it, and `Pro/` goes first).
  */
-import { ConfigError, type LimitsConfig, type ModelConfig } from '../config/config.js';
-import type { ChatEngine } from '../core/engine.js';
-import { LlamaEngine, type LlamaEngineSettings } from '../engines/llama/llama-engine.js';
+import { ConfigError, type LimitsConfig, type ModelConfig, type UpstreamPolicyConfig } from '../config/config.js';
+import { SILENT_LOG, type Log } from '../core/log.js';
+import type { LlamaEngineSettings } from '../engines/llama/llama-engine.js';
 import type { RequestLimits } from '../core/request-limits.js';
+import { Admission } from './admission.js';
 import { ChatService } from './chat-service.js';
-import { ModelRegistry } from './model-registry.js';
+import { createServingEngine, type DeploymentSpec, type EngineFactoryContext } from './engine-factory.js';
+import { ModelRegistry, type ServedModel } from './model-registry.js';
+import type { Router } from './routing/router.js';
 
 export const KILN_VERSION = '0.1.0';
 
@@ -27,32 +31,52 @@ export interface Kiln {
   close(): Promise<void>;
 }
 
-export async function assembleKiln(models: ModelConfig[], options: { maxChoices?: number; limits?: LimitsConfig } = {}): Promise<Kiln> {
+export interface AssembleOptions {
+  maxChoices?: number;
+  limits?: LimitsConfig;
+  upstream?: UpstreamPolicyConfig;
+  log?: Log;
+  /** Where upstream API keys are read (default process.env). */
+  env?: NodeJS.ProcessEnv;
+}
+
+export async function assembleKiln(models: ModelConfig[], options: AssembleOptions = {}): Promise<Kiln> {
+  checkSharedFiles(models);
   const registry = new ModelRegistry();
-  const engines = new Map<string, Promise<ChatEngine>>();
-  const firstByFile = new Map<string, ModelConfig>();
+  const context: EngineFactoryContext = {
+    policy: options.upstream ?? {},
+    log: options.log ?? SILENT_LOG,
+    env: options.env ?? process.env,
+    llamaEngines: new Map(),
+  };
+  const served = new Map<string, ServedModel>();
+  const routers: Router[] = [];
+  const close = async () => {
+    await Promise.allSettled(routers.map((router) => router.close()));
+    const loaded = await Promise.allSettled(context.llamaEngines.values());
+    await Promise.allSettled(loaded.map((result) => (result.status === 'fulfilled' ? result.value.close() : undefined)));
+  };
   try {
-    for (const model of models) {
-      const first = firstByFile.get(model.file);
-      if (first === undefined) {
-        firstByFile.set(model.file, model);
-        engines.set(model.file, LlamaEngine.load(engineSettings(model)));
-        continue;
-      }
-      for (const field of ENGINE_FIELDS) {
-        if (model[field] !== undefined && model[field] !== first[field]) {
-          throw new ConfigError(`model '${model.id}': '${field}' differs from model '${first.id}', which loads the same file`);
-        }
-      }
-    }
     const created = Math.floor(Date.now() / 1000);
     for (const model of models) {
-      const engine = await engines.get(model.file)!;
-      registry.add({ id: model.id, engine, ownedBy: model.owned_by ?? 'kiln', created });
+      const specs = deploymentSpecs(model);
+      const key = JSON.stringify(specs);
+      let entry = served.get(key);
+      if (entry === undefined) {
+        const holder: { admission?: Admission } = {};
+        const { engine, router } = await createServingEngine(model, specs, context, () => holder.admission?.poke());
+        if (router !== undefined) routers.push(router);
+        holder.admission = new Admission(() => engine.capacity(), {
+          depth: model.queue_depth ?? MODEL_DEFAULTS.queueDepth,
+          waitMs: model.queue_wait_ms ?? MODEL_DEFAULTS.queueWaitMs,
+        });
+        entry = { engine, admission: holder.admission };
+        served.set(key, entry);
+      }
+      registry.add({ id: model.id, served: entry, ownedBy: model.owned_by ?? 'kiln', created });
     }
   } catch (error) {
-    const loaded = await Promise.allSettled(engines.values());
-    await Promise.allSettled(loaded.map((result) => (result.status === 'fulfilled' ? result.value.close() : undefined)));
+    await close();
     throw error;
   }
   const service = new ChatService(registry, {
@@ -60,7 +84,35 @@ export async function assembleKiln(models: ModelConfig[], options: { maxChoices?
     limits: requestLimits(options.limits ?? {}),
     systemFingerprint: `kiln-${KILN_VERSION}`,
   });
-  return { service, registry, close: () => registry.close() };
+  return { service, registry, close };
+}
+
+/** Ids that load the same file share its engine, so they must agree on what the engine is built with. */
+function checkSharedFiles(models: ModelConfig[]): void {
+  const firstByFile = new Map<string, ModelConfig>();
+  for (const model of models) {
+    if (model.file === undefined) continue;
+    const first = firstByFile.get(model.file);
+    if (first === undefined) {
+      firstByFile.set(model.file, model);
+      continue;
+    }
+    for (const field of ENGINE_FIELDS) {
+      if (model[field] !== undefined && model[field] !== first[field]) {
+        throw new ConfigError(`model '${model.id}': '${field}' differs from model '${first.id}', which loads the same file`);
+      }
+    }
+  }
+}
+
+/** A model's deployments in config order: its local file first, then its upstreams. */
+function deploymentSpecs(model: ModelConfig): DeploymentSpec[] {
+  const specs: DeploymentSpec[] = [];
+  if (model.file !== undefined) specs.push({ kind: 'llama', settings: engineSettings(model, model.file) });
+  model.upstreams?.forEach((config, index) => {
+    specs.push({ kind: 'upstream', name: config.name ?? `${model.id}#${index}`, config, reasoning: model.reasoning ?? 'auto' });
+  });
+  return specs;
 }
 
 /** Unset limits stay unset: normalizeChatRequest and the schema checks hold the defaults. */
@@ -75,9 +127,9 @@ function requestLimits(config: LimitsConfig): RequestLimits {
   return limits;
 }
 
-function engineSettings(model: ModelConfig): LlamaEngineSettings {
+function engineSettings(model: ModelConfig, file: string): LlamaEngineSettings {
   return {
-    file: model.file,
+    file,
     parallel: model.parallel ?? MODEL_DEFAULTS.parallel,
     ...(model.context_size !== undefined ? { contextSize: model.context_size } : {}),
     ...(model.threads !== undefined ? { threads: model.threads } : {}),
@@ -85,9 +137,5 @@ function engineSettings(model: ModelConfig): LlamaEngineSettings {
     reasoning: model.reasoning ?? 'auto',
     ...(model.flash_attention !== undefined ? { flashAttention: model.flash_attention === 'auto' ? 'auto' : model.flash_attention === 'on' } : {}),
     ...(model.load !== undefined ? { load: model.load } : {}),
-    queue: {
-      depth: model.queue_depth ?? MODEL_DEFAULTS.queueDepth,
-      waitMs: model.queue_wait_ms ?? MODEL_DEFAULTS.queueWaitMs,
-    },
   };
 }

@@ -5,7 +5,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { isProModel, offeredTools, type ChatRequest } from '../core/chat-request.js';
-import type { EngineRun } from '../core/engine.js';
+import type { EngineDescription, EngineRun } from '../core/engine.js';
 import { mergeIterators } from '../core/merge-iterators.js';
 import { normalizeChatRequest } from '../core/normalize-request.js';
 import type { RequestLimits } from '../core/request-limits.js';
@@ -50,22 +50,43 @@ export class ChatService {
 
   async create(body: unknown, signal: AbortSignal, caller: Caller = { pro: true }): Promise<ChatResult> {
     const request = normalizeChatRequest(body, { ...this.options.limits, maxChoices: this.options.maxChoices });
-    const { engine } = this.registry.resolve(request.model);
+    const { served } = this.registry.resolve(request.model);
     if (isProModel(request.model) && !caller.pro) {
       throw new KilnError('modelNotAllowed', { param: 'model', message: `This API key may not use '${request.model}' (a Pro tier model).` });
     }
-    this.checkCapabilities(request, engine.description.supportsImages);
-    const run = await engine.start(request, signal);
+    this.checkCapabilities(request, served.engine.description);
+    const unavailable = served.engine.unavailable?.();
+    if (unavailable !== undefined) throw unavailable;
+    const permit = await served.admission.acquire(request.n, signal, isProModel(request.model) ? 1 : 0);
+    let run: EngineRun;
+    try {
+      run = await served.engine.start(request, signal);
+    } catch (error) {
+      permit.release();
+      throw error;
+    }
+    // The permit is held until the run's resources are released: every choice ended and the run disposed.
+    const ended = (): void => {
+      run.dispose();
+      permit.release();
+    };
     const meta = { id: randomBytes(16).toString('hex'), created: Math.floor(Date.now() / 1000), model: request.model };
-    if (request.stream) return { kind: 'stream', chunks: this.streamChunks(request, run, meta, signal) };
+    if (request.stream) return { kind: 'stream', chunks: this.streamChunks(request, run, meta, signal, ended) };
     try {
       return { kind: 'json', body: await this.complete(request, run, meta, signal) };
     } finally {
-      run.dispose();
+      ended();
     }
   }
 
-  private checkCapabilities(request: ChatRequest, supportsImages: boolean): void {
+  private checkCapabilities(request: ChatRequest, engine: EngineDescription): void {
+    if (engine.maxChoices !== undefined && request.n > engine.maxChoices) {
+      throw new KilnError('invalidParameter', {
+        param: 'n',
+        message: `Invalid 'n': model '${request.model}' generates at most ${engine.maxChoices} choices at once${engine.maxChoicesReason !== undefined ? ` (${engine.maxChoicesReason})` : ''}.`,
+      });
+    }
+    const supportsImages = engine.supportsImages;
     request.messages.forEach((message, index) => {
       if (message.hasImage && !supportsImages) {
         throw new KilnError('invalidParameter', {
@@ -101,7 +122,13 @@ export class ChatService {
     };
   }
 
-  private async *streamChunks(request: ChatRequest, run: EngineRun, meta: ChunkMeta, signal: AbortSignal): AsyncGenerator<ChatCompletionChunkWire, void, undefined> {
+  private async *streamChunks(
+    request: ChatRequest,
+    run: EngineRun,
+    meta: ChunkMeta,
+    signal: AbortSignal,
+    ended: () => void,
+  ): AsyncGenerator<ChatCompletionChunkWire, void, undefined> {
     const base = { id: meta.id, object: 'chat.completion.chunk' as const, created: meta.created, model: meta.model, system_fingerprint: this.options.systemFingerprint };
     try {
       for (let index = 0; index < request.n; index++) {
@@ -130,7 +157,7 @@ export class ChatService {
       }
       if (request.includeUsage) yield { ...base, choices: [], usage: usage(run, finishes) };
     } finally {
-      run.dispose();
+      ended();
     }
   }
 }

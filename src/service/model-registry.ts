@@ -1,11 +1,21 @@
-/** Model ids → the engine serving them. Several ids may share one engine (one loaded GGUF). */
+/**
+ * Model ids → what serves them. Several ids may share one served model (one loaded GGUF, or the same list of
+ * upstreams, e.g. `X` and `Pro/X`): they share its engine and its admission queue, where `Pro/` requests go first.
+ */
 import type { ChatEngine } from '../core/engine.js';
 import { KilnError } from '../errors/catalog.js';
 import type { ModelListWire } from '../protocol/response.js';
+import type { Admission } from './admission.js';
+
+export interface ServedModel {
+  /** A local engine, or a router over the model's deployments. */
+  engine: ChatEngine;
+  admission: Admission;
+}
 
 export interface ModelEntry {
   id: string;
-  engine: ChatEngine;
+  served: ServedModel;
   ownedBy: string;
   created: number;
 }
@@ -36,9 +46,4 @@ export class ModelRegistry {
     };
   }
 
-  /** Closes each distinct engine once. */
-  async close(): Promise<void> {
-    const engines = new Set([...this.entries.values()].map((entry) => entry.engine));
-    await Promise.allSettled([...engines].map((engine) => engine.close()));
-  }
 }

@@ -17,7 +17,7 @@ before(async () => {
   const file = await ensureTinyModel({ neverEnd: true });
   // A lockstep that would wait a minute for a member: were the stalled reader still a member, the other stream would
   // crawl at a token a minute (before this was fixed, every step waited 100 ms for it).
-  engine = await LlamaEngine.load({ file, parallel: 2, contextSize: 2048, queue: { depth: 4, waitMs: 3000 }, lockstepWaitMs: 60_000 });
+  engine = await LlamaEngine.load({ file, parallel: 2, contextSize: 2048, lockstepWaitMs: 60_000 });
 });
 
 after(async () => engine?.close());

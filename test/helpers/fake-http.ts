@@ -8,6 +8,7 @@ import type { FastifyInstance } from 'fastify';
 import type { ChatEngine, EngineEvent, EngineRun } from '../../src/core/engine.js';
 import type { ChatRequest } from '../../src/core/chat-request.js';
 import { buildHttpServer, type HttpOptions } from '../../src/http/server.js';
+import { Admission } from '../../src/service/admission.js';
 import { ChatService } from '../../src/service/chat-service.js';
 import { ModelRegistry } from '../../src/service/model-registry.js';
 
@@ -30,6 +31,7 @@ export function fakeEngine(options: { pieceBytes?: number; pieceDelayMs?: number
   const piece = 'x'.repeat(options.pieceBytes ?? 1024);
   const engine: ChatEngine = {
     description: { name: 'fake', contextSize: 4096, supportsImages: false },
+    capacity: () => 64,
     async start(request: ChatRequest, signal: AbortSignal): Promise<EngineRun> {
       stats.started++;
       signal.addEventListener('abort', () => stats.aborted++, { once: true });
@@ -79,7 +81,7 @@ export async function startTestServer(
 ): Promise<TestServer> {
   const { engine, stats } = fakeEngine(engineOptions);
   const registry = new ModelRegistry();
-  registry.add({ id: MODEL, engine, ownedBy: 'kiln', created: 0 });
+  registry.add({ id: MODEL, served: { engine, admission: new Admission(() => engine.capacity(), { depth: 64, waitMs: 60_000 }) }, ownedBy: 'kiln', created: 0 });
   const service = new ChatService(registry, { maxChoices: 8, systemFingerprint: 'test' });
   const stream = new PassThrough();
   let text = '';

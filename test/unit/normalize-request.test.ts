@@ -62,6 +62,7 @@ const EXPECTED_DEFAULTS = {
   responseFormat: { type: 'text' },
   tools: [],
   toolChoice: { type: 'none' },
+  grammars: {},
   parallelToolCalls: true,
   enableThinking: undefined,
   thinkingBudget: 4096,

@@ -76,7 +76,13 @@ export class ChoicePostProcessor {
    */
   accept(event: EngineEvent): ChoiceUpdate[] {
     if (this.finished) return [];
-    if (event.type === 'end') return this.finish(event.reason === 'length' ? 'length' : 'stop', this.stopMatcher.flush());
+    if (event.type === 'end') {
+      const updates = this.finish(event.reason === 'length' ? 'length' : 'stop', this.stopMatcher.flush());
+      const finish = updates[updates.length - 1] as Extract<ChoiceUpdate, { type: 'finish' }>;
+      if (event.usage?.completionTokens !== undefined) finish.completionTokens = event.usage.completionTokens;
+      if (event.usage?.reasoningTokens !== undefined) finish.reasoningTokens = event.usage.reasoningTokens;
+      return updates;
+    }
     this.completionTokens += event.tokens;
     // A token counts as reasoning when it was generated inside <think> … </think> (its closing tag included).
     const reasoningBefore = this.state === 'reasoning';

@@ -12,15 +12,15 @@ import {
   type LlamaModel,
   type Token,
 } from 'node-llama-cpp';
-import { isProModel, offeredTools, type ChatRequest } from '../../core/chat-request.js';
+import { offeredTools, type ChatRequest } from '../../core/chat-request.js';
 import type { ChatEngine, EngineDescription, EngineRun, ReasoningMode } from '../../core/engine.js';
-import { requestGrammars, type RequestGrammars } from '../../core/grammar/request-grammar.js';
+import type { RequestGrammars } from '../../core/grammar/request-grammar.js';
 import { KilnError } from '../../errors/catalog.js';
 import { ChatTemplate, TemplateError } from './chat-template.js';
 import { PromptTokenizer } from './prompt-tokens.js';
 import { LlamaRun, type CompiledGrammars } from './llama-run.js';
 import { getRuntime, usableCores } from './runtime.js';
-import { SequencePool, type QueueSettings } from './sequence-pool.js';
+import { SequencePool } from './sequence-pool.js';
 import { StepBarrier } from './step-barrier.js';
 import { sequenceOrderedStrategy } from './batch-order.js';
 
@@ -44,7 +44,6 @@ export interface LlamaEngineSettings {
   load?: 'memory' | 'mmap';
   /** Whether the model reasons in <think> … </think>; `auto`: detected from its chat template. */
   reasoning?: 'auto' | 'on' | 'off';
-  queue: QueueSettings;
   /**
    * Longest time the lockstep holds generating sequences for a request still preparing its prompt (default 100 ms).
    * Tests set it high to show that nothing else holds the lockstep: a reader that stopped reading never does.
@@ -70,7 +69,6 @@ export class LlamaEngine implements ChatEngine {
     private readonly pool: SequencePool,
     private readonly barrier: StepBarrier,
     private readonly llama: Llama,
-    private readonly parallel: number,
     private readonly reasons: boolean,
     private readonly prompts: PromptTokenizer,
   ) {}
@@ -101,29 +99,29 @@ export class LlamaEngine implements ChatEngine {
         name: `llama.cpp:${model.fileInfo.metadata?.general?.name ?? settings.file}`,
         contextSize: context.contextSize,
         supportsImages: false,
+        maxChoices: settings.parallel,
+        maxChoicesReason: "its 'parallel' setting",
       };
-      const pool = new SequencePool(sequences, settings.queue);
+      const pool = new SequencePool(sequences);
       const reasoning = settings.reasoning ?? 'auto';
       const reasons = reasoning === 'auto' ? template.features.reasoning : reasoning === 'on';
-      return new LlamaEngine(description, model, context, template, pool, new StepBarrier(settings.lockstepWaitMs), llama, settings.parallel, reasons, prompts);
+      return new LlamaEngine(description, model, context, template, pool, new StepBarrier(settings.lockstepWaitMs), llama, reasons, prompts);
     } catch (error) {
       await model.dispose();
       throw error;
     }
   }
 
+  capacity(): number {
+    return this.pool.size;
+  }
+
   async start(request: ChatRequest, signal: AbortSignal): Promise<EngineRun> {
-    if (request.n > this.parallel) {
-      throw new KilnError('invalidParameter', {
-        param: 'n',
-        message: `Invalid 'n': model '${request.model}' generates at most ${this.parallel} choices at once (its 'parallel' setting).`,
-      });
-    }
-    const grammarTexts = requestGrammars(request);
+    if (request.n > this.pool.size) throw new Error(`n = ${request.n} exceeds maxChoices (${this.pool.size}): the service checks it`);
     const { tokens: prompt, reasoning } = await this.renderPrompt(request);
     const maxTokens = this.grantTokens(request, prompt.length);
-    const grammars = await this.compileGrammars(grammarTexts);
-    const leases = await this.pool.acquire(prompt, signal, isProModel(request.model) ? 1 : 0, request.n);
+    const grammars = await this.compileGrammars(request.grammars);
+    const leases = await this.pool.acquire(prompt, signal, request.n);
     return new LlamaRun(this.model, this.pool, this.barrier, leases, prompt, maxTokens, reasoning, grammars, request, signal);
   }
 

@@ -1,21 +1,13 @@
 /**
  * Owns a context's sequences. A request gets an idle sequence — the one whose cached tokens share the longest prefix
- * with its prompt when that saves real work, else the lowest free slot; when none is idle it waits in a bounded
- * queue, and is turned away at once (429) when the queue is full or with 503 when its wait exceeds the deadline —
- * never left hanging.
+ * with its prompt when that saves real work, else the lowest free slot. The service's admission (service/admission.ts)
+ * lets no more choices run than there are sequences, so a request rarely waits here: only for a sequence whose last
+ * request is still letting go of it, in arrival order.
  */
 import type { LlamaContextSequence, Token } from 'node-llama-cpp';
-import { KilnError } from '../../errors/catalog.js';
 
 /** Prompt tokens a cache hit must save to be worth taking a sequence out of the packed low slots. */
 const PREFIX_WORTH_MOVING = 128;
-
-export interface QueueSettings {
-  /** Requests that may wait for a sequence; more are refused with 429. */
-  depth: number;
-  /** Longest wait for a sequence before 503. */
-  waitMs: number;
-}
 
 export interface Lease {
   sequence: LlamaContextSequence;
@@ -28,9 +20,7 @@ export interface Lease {
 interface Waiter {
   tokens: readonly Token[];
   count: number;
-  priority: number;
   resolve(leases: Lease[]): void;
-  reject(error: unknown): void;
 }
 
 export class SequencePool {
@@ -38,12 +28,13 @@ export class SequencePool {
   private readonly slots = new Map<LlamaContextSequence, number>();
   private readonly waiters: Waiter[] = [];
 
-  constructor(
-    sequences: LlamaContextSequence[],
-    private readonly queue: QueueSettings,
-  ) {
+  constructor(sequences: LlamaContextSequence[]) {
     this.idle = [...sequences];
     sequences.forEach((sequence, slot) => this.slots.set(sequence, slot));
+  }
+
+  get size(): number {
+    return this.slots.size;
   }
 
   get waiting(): number {
@@ -58,43 +49,25 @@ export class SequencePool {
    * `count` sequences at once (one per choice of an `n > 1` request; count ≤ the pool's size), so that concurrent
    * multi-choice requests can never each hold part of what they need.
    */
-  acquire(tokens: readonly Token[], signal: AbortSignal, priority = 0, count = 1): Promise<Lease[]> {
+  acquire(tokens: readonly Token[], signal: AbortSignal, count = 1): Promise<Lease[]> {
     signal.throwIfAborted();
     if (count > this.slots.size) throw new Error(`cannot lease ${count} of ${this.slots.size} sequences`);
     if (this.idle.length >= count && this.waiters.length === 0) return Promise.resolve(this.takeMany(tokens, count));
-    if (this.waiters.length >= this.queue.depth) {
-      return Promise.reject(new KilnError('queueFull', { retryAfterSeconds: 1 }));
-    }
     return new Promise<Lease[]>((resolve, reject) => {
+      const onAbort = () => {
+        this.remove(waiter);
+        reject(signal.reason);
+      };
       const waiter: Waiter = {
         tokens,
         count,
-        priority,
         resolve: (leases) => {
-          cleanup();
+          signal.removeEventListener('abort', onAbort);
           resolve(leases);
         },
-        reject: (error) => {
-          cleanup();
-          reject(error);
-        },
-      };
-      const timer = setTimeout(() => {
-        this.remove(waiter);
-        waiter.reject(new KilnError('modelOverloaded', { retryAfterSeconds: Math.max(1, Math.ceil(this.queue.waitMs / 1000)) }));
-      }, this.queue.waitMs);
-      const onAbort = () => {
-        this.remove(waiter);
-        waiter.reject(signal.reason);
-      };
-      const cleanup = () => {
-        clearTimeout(timer);
-        signal.removeEventListener('abort', onAbort);
       };
       signal.addEventListener('abort', onAbort, { once: true });
-      // Higher priority first; FIFO within a priority.
-      const at = this.waiters.findIndex((other) => other.priority < priority);
-      this.waiters.splice(at === -1 ? this.waiters.length : at, 0, waiter);
+      this.waiters.push(waiter);
     });
   }
 

@@ -1,0 +1,120 @@
+/**
+ * The one place that turns configured deployments into engines: `kind: llama` (a local GGUF, in-process) or
+ * `kind: upstream` (an OpenAI-compatible server). A model id with one local deployment is served by its engine
+ * directly; any other list goes behind a router (balancing, health, failover).
+ */
+import { ConfigError, type ModelConfig, type UpstreamConfig, type UpstreamPolicyConfig } from '../config/config.js';
+import type { ChatEngine } from '../core/engine.js';
+import type { Log } from '../core/log.js';
+import { LlamaEngine, type LlamaEngineSettings } from '../engines/llama/llama-engine.js';
+import { UpstreamEngine, type UpstreamTimeouts } from '../engines/upstream/upstream-engine.js';
+import { Router, type Deployment, type RoutingPolicy } from './routing/router.js';
+
+export type DeploymentSpec =
+  | { kind: 'llama'; settings: LlamaEngineSettings }
+  | { kind: 'upstream'; name: string; config: UpstreamConfig; reasoning: 'auto' | 'on' | 'off' };
+
+export const UPSTREAM_DEFAULTS = {
+  weight: 1,
+  maxConcurrency: 64,
+  connectTimeoutMs: 5_000,
+  firstTokenTimeoutMs: 60_000,
+  idleTimeoutMs: 30_000,
+  totalTimeoutMs: 600_000,
+  maxAttempts: 3,
+  retryBudgetMs: 30_000,
+  failureThreshold: 3,
+  ejectMs: 5_000,
+  maxEjectMs: 60_000,
+  healthCheckIntervalMs: 0,
+} as const;
+
+export function upstreamTimeouts(policy: UpstreamPolicyConfig): UpstreamTimeouts {
+  return {
+    connectMs: policy.connect_timeout_ms ?? UPSTREAM_DEFAULTS.connectTimeoutMs,
+    firstTokenMs: policy.first_token_timeout_ms ?? UPSTREAM_DEFAULTS.firstTokenTimeoutMs,
+    idleMs: policy.idle_timeout_ms ?? UPSTREAM_DEFAULTS.idleTimeoutMs,
+    totalMs: policy.total_timeout_ms ?? UPSTREAM_DEFAULTS.totalTimeoutMs,
+  };
+}
+
+export function routingPolicy(model: ModelConfig, policy: UpstreamPolicyConfig): RoutingPolicy {
+  return {
+    prefixAffinity: model.prefix_affinity ?? true,
+    maxAttempts: policy.max_attempts ?? UPSTREAM_DEFAULTS.maxAttempts,
+    retryBudgetMs: policy.retry_budget_ms ?? UPSTREAM_DEFAULTS.retryBudgetMs,
+    failureThreshold: policy.failure_threshold ?? UPSTREAM_DEFAULTS.failureThreshold,
+    ejectMs: policy.eject_ms ?? UPSTREAM_DEFAULTS.ejectMs,
+    maxEjectMs: policy.max_eject_ms ?? UPSTREAM_DEFAULTS.maxEjectMs,
+    healthCheckIntervalMs: policy.health_check_interval_ms ?? UPSTREAM_DEFAULTS.healthCheckIntervalMs,
+  };
+}
+
+/** The upstream's API key from the environment; a variable that is named but unset stops the start-up. */
+function apiKeyOf(modelId: string, name: string, config: UpstreamConfig, env: NodeJS.ProcessEnv): string | undefined {
+  if (config.api_key_env === undefined) return undefined;
+  const key = env[config.api_key_env];
+  if (key === undefined || key === '') {
+    throw new ConfigError(`model '${modelId}', upstream '${name}': environment variable ${config.api_key_env} (its api_key_env) is not set`);
+  }
+  return key;
+}
+
+export interface EngineFactoryContext {
+  policy: UpstreamPolicyConfig;
+  log: Log;
+  env: NodeJS.ProcessEnv;
+  /** Local engines by file, shared by every id that loads the same GGUF. */
+  llamaEngines: Map<string, Promise<ChatEngine>>;
+}
+
+export function createEngine(spec: DeploymentSpec, modelId: string, context: EngineFactoryContext): Promise<ChatEngine> {
+  if (spec.kind === 'llama') {
+    let engine = context.llamaEngines.get(spec.settings.file);
+    if (engine === undefined) {
+      engine = LlamaEngine.load(spec.settings);
+      context.llamaEngines.set(spec.settings.file, engine);
+    }
+    return engine;
+  }
+  const { config } = spec;
+  const apiKey = apiKeyOf(modelId, spec.name, config, context.env);
+  return Promise.resolve(
+    new UpstreamEngine({
+      name: spec.name,
+      baseUrl: config.url,
+      model: config.model,
+      ...(apiKey !== undefined ? { apiKey } : {}),
+      reasoning: spec.reasoning,
+      maxConcurrency: config.max_concurrency ?? UPSTREAM_DEFAULTS.maxConcurrency,
+      timeouts: upstreamTimeouts(context.policy),
+      log: context.log,
+    }),
+  );
+}
+
+/** The engine serving one model id: its only local engine, or a router over all its deployments. */
+export async function createServingEngine(
+  model: ModelConfig,
+  specs: DeploymentSpec[],
+  context: EngineFactoryContext,
+  onCapacityChange: () => void,
+): Promise<{ engine: ChatEngine; router?: Router }> {
+  if (specs.length === 1 && specs[0]!.kind === 'llama') return { engine: await createEngine(specs[0]!, model.id, context) };
+  const deployments: Deployment[] = [];
+  for (const spec of specs) {
+    const engine = await createEngine(spec, model.id, context);
+    deployments.push(
+      spec.kind === 'llama'
+        ? { name: `${model.id}#local`, engine, weight: UPSTREAM_DEFAULTS.weight, maxConcurrency: engine.capacity() }
+        : {
+            name: spec.name,
+            engine,
+            weight: spec.config.weight ?? UPSTREAM_DEFAULTS.weight,
+            maxConcurrency: spec.config.max_concurrency ?? UPSTREAM_DEFAULTS.maxConcurrency,
+          },
+    );
+  }
+  const router = new Router(model.id, deployments, routingPolicy(model, context.policy), { log: context.log, onCapacityChange });
+  return { engine: router, router };
+}
