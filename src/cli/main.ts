@@ -7,7 +7,7 @@ import { basename } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConfigError, LOAD_MODES, loadConfigFile, type FileConfig, type ModelConfig } from '../config/config.js';
 import { ensureTinyModel } from '../gguf/tiny-model.js';
-import { buildHttpServer } from '../http/server.js';
+import { buildHttpServer, createLogger } from '../http/server.js';
 import { closeGracefully } from '../http/shutdown.js';
 import type { ApiKey } from '../http/auth.js';
 import { assembleKiln } from '../service/assemble.js';
@@ -135,7 +135,9 @@ async function serve(flags: Flags, configOverride?: FileConfig): Promise<{ url: 
   }
 
   const startedAt = performance.now();
+  const logger = createLogger(flags['log-level'] !== undefined ? { logLevel: flags['log-level'] } : {});
   const kiln = await assembleKiln(config.models, {
+    log: logger,
     ...(config.server?.max_choices !== undefined ? { maxChoices: config.server.max_choices } : {}),
     ...(config.server?.limits !== undefined ? { limits: config.server.limits } : {}),
     ...(config.server?.upstream !== undefined ? { upstream: config.server.upstream } : {}),
@@ -149,7 +151,7 @@ async function serve(flags: Flags, configOverride?: FileConfig): Promise<{ url: 
     ...(server.stall_timeout_ms !== undefined ? { stallTimeoutMs: server.stall_timeout_ms } : {}),
     ...(server.headers_timeout_ms !== undefined ? { headersTimeoutMs: server.headers_timeout_ms } : {}),
     ...(server.body_timeout_ms !== undefined ? { bodyTimeoutMs: server.body_timeout_ms } : {}),
-    ...(flags['log-level'] !== undefined ? { logLevel: flags['log-level'] } : {}),
+    logger,
   });
   const url = await app.listen({ host, port });
   app.log.info(

@@ -3,6 +3,7 @@
  * SSE. It is the only place that renders errors (errors/catalog.ts decides what they say; ./errors.ts renders them).
  */
 import type { IncomingMessage } from 'node:http';
+import { pino } from 'pino';
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
 import { KilnError } from '../errors/catalog.js';
 import type { Caller, ChatService } from '../service/chat-service.js';
@@ -27,6 +28,16 @@ export interface HttpOptions {
   logLevel?: string;
   /** Where log lines go (default stdout); tests read them. */
   logStream?: NodeJS.WritableStream;
+  /** A logger made by createLogger and shared with the engines (then logLevel and logStream are its own). */
+  logger?: FastifyBaseLogger;
+}
+
+/** Kiln's pino logger: the server's and the engines' lines in one stream, requests logged without query strings. */
+export function createLogger(options: { logLevel?: string; logStream?: NodeJS.WritableStream } = {}): FastifyBaseLogger {
+  return pino(
+    { level: options.logLevel ?? 'info', serializers: { req: requestForLog } },
+    (options.logStream ?? process.stdout) as pino.DestinationStream,
+  ) as FastifyBaseLogger;
 }
 
 export const HTTP_DEFAULTS = {
@@ -57,11 +68,7 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
   // Fastify binds the client error handler to the instance, which is not built yet here.
   const logger: { current?: FastifyBaseLogger } = {};
   const app = Fastify({
-    logger: {
-      level: options.logLevel ?? 'info',
-      serializers: { req: requestForLog },
-      ...(options.logStream !== undefined ? { stream: options.logStream } : {}),
-    },
+    loggerInstance: options.logger ?? createLogger(options),
     bodyLimit: options.bodyLimitBytes ?? HTTP_DEFAULTS.bodyLimitBytes,
     requestTimeout: bodyTimeoutMs,
     http: {
