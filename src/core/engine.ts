@@ -45,6 +45,8 @@ export interface EngineRun {
   readonly reasoning: ReasoningMode;
   /** Prompt tokens served from a cache instead of being evaluated; read like promptTokens. */
   readonly cachedTokens: number;
+  /** Which deployment served the run, when a router chose one (a name, never a URL). */
+  readonly deployment?: string;
   /** The token budget actually granted (the request's, or what the context had left when it was defaulted). */
   readonly maxTokens: number;
   /**

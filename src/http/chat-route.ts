@@ -31,7 +31,7 @@ export function registerChatRoute(app: FastifyInstance, options: ChatRouteOption
 
     let result;
     try {
-      const created = options.service.create(request.body, abort.signal, options.callerOf(request));
+      const created = options.service.create(request.body, abort.signal, options.callerOf(request), request.log);
       // A timeout or shutdown is answered at once, even while the engine is still in a decode; what the service
       // returns afterwards is released.
       result = await Promise.race([created, endedByKilnError(abort.signal)]);

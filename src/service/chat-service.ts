@@ -19,6 +19,8 @@ import type {
   ToolCallWire,
   UsageWire,
 } from '../protocol/response.js';
+import { SILENT_LOG, type Log } from '../core/log.js';
+import { CompletionTally, type CompletionRecord } from './completion-record.js';
 import type { ModelRegistry } from './model-registry.js';
 
 export interface ChatServiceOptions {
@@ -26,6 +28,8 @@ export interface ChatServiceOptions {
   /** The configurable bounds on one request (unset: the defaults of request-limits.ts and schema-bounds.ts). */
   limits?: RequestLimits;
   systemFingerprint: string;
+  /** Called once per request that reached an engine, when its work has ended (usage ledger, metrics). */
+  onCompletion?: (record: CompletionRecord) => void;
 }
 
 /** Who is asking: what their API key allows. */
@@ -48,7 +52,9 @@ export class ChatService {
     return this.registry.list();
   }
 
-  async create(body: unknown, signal: AbortSignal, caller: Caller = { pro: true }): Promise<ChatResult> {
+  /** `log`: the request's logger; the completion record is logged there when the request's work has ended. */
+  async create(body: unknown, signal: AbortSignal, caller: Caller = { pro: true }, log: Log = SILENT_LOG): Promise<ChatResult> {
+    const arrivedAt = performance.now();
     const request = normalizeChatRequest(body, { ...this.options.limits, maxChoices: this.options.maxChoices });
     const { served } = this.registry.resolve(request.model);
     if (isProModel(request.model) && !caller.pro) {
@@ -65,17 +71,27 @@ export class ChatService {
       permit.release();
       throw error;
     }
-    // The permit is held until the run's resources are released: every choice ended and the run disposed.
-    const ended = (): void => {
+    const tally = new CompletionTally(request.model, arrivedAt);
+    // The permit is held until the run's resources are released: every choice ended and the run disposed. Then the
+    // request's usage is final, whatever cut it short.
+    const ended = (error?: unknown): void => {
       run.dispose();
       permit.release();
+      if (error !== undefined) tally.status = signal.aborted && !(signal.reason instanceof KilnError) ? 'cancelled' : 'failed';
+      const record = tally.record(run, request.n);
+      log.info({ completion: record }, 'completion');
+      this.options.onCompletion?.(record);
     };
     const meta = { id: randomBytes(16).toString('hex'), created: Math.floor(Date.now() / 1000), model: request.model };
-    if (request.stream) return { kind: 'stream', chunks: this.streamChunks(request, run, meta, signal, ended) };
+    if (request.stream) return { kind: 'stream', chunks: this.streamChunks(request, run, meta, signal, tally, ended) };
+    let failure: unknown;
     try {
-      return { kind: 'json', body: await this.complete(request, run, meta, signal) };
+      return { kind: 'json', body: await this.complete(request, run, meta, signal, tally) };
+    } catch (error) {
+      failure = error;
+      throw error;
     } finally {
-      ended();
+      ended(failure);
     }
   }
 
@@ -97,12 +113,12 @@ export class ChatService {
     });
   }
 
-  private async complete(request: ChatRequest, run: EngineRun, meta: ChunkMeta, signal: AbortSignal): Promise<ChatCompletionWire> {
+  private async complete(request: ChatRequest, run: EngineRun, meta: ChunkMeta, signal: AbortSignal, tally: CompletionTally): Promise<ChatCompletionWire> {
     const choices = await Promise.all(
       Array.from({ length: request.n }, async (_, index) => {
         const message = new MessageBuilder();
         let finish: Extract<ChoiceUpdate, { type: 'finish' }> | undefined;
-        for await (const update of choiceUpdates(request, run, index)) {
+        for await (const update of choiceUpdates(request, run, index, tally)) {
           if (update.type === 'delta') message.add(update.delta);
           else finish = update;
         }
@@ -127,8 +143,10 @@ export class ChatService {
     run: EngineRun,
     meta: ChunkMeta,
     signal: AbortSignal,
-    ended: () => void,
+    tally: CompletionTally,
+    ended: (error?: unknown) => void,
   ): AsyncGenerator<ChatCompletionChunkWire, void, undefined> {
+    let failure: unknown;
     const base = { id: meta.id, object: 'chat.completion.chunk' as const, created: meta.created, model: meta.model, system_fingerprint: this.options.systemFingerprint };
     try {
       for (let index = 0; index < request.n; index++) {
@@ -136,7 +154,7 @@ export class ChatService {
       }
       const finishes: Array<Extract<ChoiceUpdate, { type: 'finish' }>> = [];
       let unfinished = request.n;
-      const sources = Array.from({ length: request.n }, (_, index) => choiceUpdates(request, run, index));
+      const sources = Array.from({ length: request.n }, (_, index) => choiceUpdates(request, run, index, tally));
       for await (const { index, value: update } of mergeIterators(sources)) {
         if (update.type === 'delta') {
           yield { ...base, choices: [{ index, delta: deltaWire(update.delta), finish_reason: null }] };
@@ -156,8 +174,11 @@ export class ChatService {
         return;
       }
       if (request.includeUsage) yield { ...base, choices: [], usage: usage(run, finishes) };
+    } catch (error) {
+      failure = error;
+      throw error;
     } finally {
-      ended();
+      ended(failure);
     }
   }
 }
@@ -169,17 +190,23 @@ interface ChunkMeta {
 }
 
 /** One choice's engine output through the post-processor, ending at its finish update. */
-async function* choiceUpdates(request: ChatRequest, run: EngineRun, index: number): AsyncGenerator<ChoiceUpdate, void, undefined> {
+async function* choiceUpdates(request: ChatRequest, run: EngineRun, index: number, tally: CompletionTally): AsyncGenerator<ChoiceUpdate, void, undefined> {
   const processor = new ChoicePostProcessor({
     stop: request.stop,
     reasoning: run.reasoning,
     tools: offeredTools(request).length > 0,
     ...(request.parallelToolCalls ? {} : { maxToolCalls: 1 }),
   });
+  tally.track(index, processor);
   for await (const event of run.choice(index)) {
     for (const update of processor.accept(event)) {
+      if (update.type === 'finish') {
+        tally.finished(index, update);
+        yield update;
+        return;
+      }
+      tally.delta();
       yield update;
-      if (update.type === 'finish') return;
     }
   }
 }

@@ -70,6 +70,11 @@ export class ChoicePostProcessor {
     this.state = options.reasoning === 'open' ? 'reasoning' : options.reasoning === 'optional' ? 'awaitThink' : 'content';
   }
 
+  /** Tokens counted so far (what a request cut short used); the finish update carries the final counts. */
+  get tokensSoFar(): { completionTokens: number; reasoningTokens: number } {
+    return { completionTokens: this.completionTokens, reasoningTokens: this.reasoningTokens };
+  }
+
   /**
    * Turns one engine event into what the client should see. After a `finish` update the caller stops pulling from
    * the engine (which stops generating).
