@@ -221,3 +221,28 @@ describe('api keys and the example config', () => {
     }
   });
 });
+
+describe('upstream deployments', () => {
+  const upstream = (fields: string) => `models:\n  - id: big\n    upstreams:\n      - {url: "http://gpu-a:8000/v1", model: served${fields}}\n`;
+
+  test('a model may be served by upstreams alone, with the policy block server-wide', () => {
+    const config = parse(`server:\n  upstream: {first_token_timeout_ms: 500, max_attempts: 2}\n${upstream(', api_key_env: VLLM_KEY, weight: 2, max_concurrency: 8, name: a')}`);
+    assert.equal(config.models[0]!.file, undefined);
+    assert.deepEqual(config.models[0]!.upstreams, [{ url: 'http://gpu-a:8000/v1', model: 'served', api_key_env: 'VLLM_KEY', weight: 2, max_concurrency: 8, name: 'a' }]);
+    assert.deepEqual(config.server?.upstream, { first_token_timeout_ms: 500, max_attempts: 2 });
+  });
+
+  test('a model needs a file or upstreams', () => {
+    rejects('models:\n  - id: nothing\n', /models\[0\]\.file/, /upstreams/);
+  });
+
+  test('keys never sit in the file: a plain api_key and credentials in the URL are refused', () => {
+    rejects(upstream(', api_key: sk-secret'), /models\[0\]\.upstreams\[0\]/, /api_key/);
+    rejects('models:\n  - id: big\n    upstreams:\n      - {url: "http://user:sk-secret@gpu-a:8000/v1", model: served}\n', /models\[0\]\.upstreams\[0\]\.url/, /api_key_env/);
+    rejects(upstream(', api_key_env: "not a name"'), /api_key_env/);
+  });
+
+  test('only http(s) URLs', () => {
+    rejects('models:\n  - id: big\n    upstreams:\n      - {url: "ftp://gpu-a/v1", model: served}\n', /upstreams\[0\]\.url/);
+  });
+});
