@@ -1,0 +1,331 @@
+/**
+ * One choice's HTTP exchange with the upstream: the request, its answer up to the first event (what the router may
+ * still retry elsewhere), then the rest of the stream as engine events, read only as fast as the consumer pulls.
+ *
+ * Every way it can stop — the client gone, a timeout, the consumer done, the run disposed — aborts the request, which
+ * destroys the socket (a half-read response cannot go back to the pool). Only a response read to its end keeps its
+ * connection for the next request.
+ */
+import type { Dispatcher, Pool } from 'undici';
+import { DeploymentFailure, type EngineEvent } from '../../core/engine.js';
+import type { Log } from '../../core/log.js';
+import { KilnError } from '../../errors/catalog.js';
+import {
+  firstTokenTimeout,
+  isContextLengthMessage,
+  midStreamFailure,
+  midStreamTimeout,
+  scrub,
+  statusFailure,
+  transportCode,
+  transportFailure,
+  type UpstreamIdentity,
+} from './upstream-errors.js';
+import type { UpstreamTimeouts } from './upstream-engine.js';
+import { chunkError, DeltaNormaliser, isProgress, MalformedStreamError, SseReader, UpstreamReportedError, type UpstreamUsage } from './upstream-stream.js';
+
+export interface ExchangeContext {
+  pool: Pool;
+  path: string;
+  headers: Record<string, string>;
+  identity: UpstreamIdentity;
+  timeouts: UpstreamTimeouts;
+  /** False when the model is configured not to reason: reasoning text the server sends is dropped. */
+  keepReasoning: boolean;
+  log: Log;
+  /** Called when a stream ended without usage (the engine warns once). */
+  onNoUsage: () => void;
+}
+
+/** Why the exchange was aborted; decides what a failed read means. */
+type StopReason = 'client' | 'firstToken' | 'idle' | 'total' | 'released';
+
+/** The most of an error body read for its message. */
+const ERROR_BODY_BYTES = 64 * 1024;
+/** The most of a whole (non-streamed) completion read. */
+const JSON_BODY_BYTES = 16 * 1024 * 1024;
+/** After `[DONE]`, how long the end of the body may take before the connection is given up instead of reused. */
+const DRAIN_MS = 1_000;
+
+type Chunk = Record<string, unknown>;
+type StreamItem = Chunk | 'done' | 'end';
+
+export class ChoiceExchange {
+  private readonly controller = new AbortController();
+  private stopReason: StopReason | undefined;
+  private readonly timers = new Map<StopReason, NodeJS.Timeout>();
+  private body: Dispatcher.ResponseData['body'] | undefined;
+  private iterator: AsyncIterator<Uint8Array> | undefined;
+  private reader: SseReader | undefined;
+  /** A whole completion, when the server answered JSON instead of streaming. */
+  private whole: Chunk | undefined;
+  /** What was read while opening, replayed first. */
+  private readonly early: StreamItem[] = [];
+  private readonly normaliser: DeltaNormaliser;
+  private bodyEnded = false;
+  private sawDone = false;
+  private settled = false;
+  /** The stream was read to its end: its usage (if any) is final. */
+  completed = false;
+
+  constructor(
+    private readonly context: ExchangeContext,
+    private readonly requestBody: string,
+    private readonly signal: AbortSignal,
+  ) {
+    this.normaliser = new DeltaNormaliser(context.keepReasoning);
+    this.signal.addEventListener('abort', this.onClientAbort, { once: true });
+    this.arm('total', context.timeouts.totalMs);
+  }
+
+  get usage(): UpstreamUsage | undefined {
+    return this.normaliser.usage;
+  }
+
+  /**
+   * Sends the request and waits for its status and first event. Rejects with a DeploymentFailure, or with the
+   * client's abort reason; the request is then already aborted.
+   */
+  async open(): Promise<void> {
+    try {
+      this.signal.throwIfAborted();
+      this.arm('firstToken', this.context.timeouts.firstTokenMs);
+      const response = await this.context.pool.request({
+        path: this.context.path,
+        method: 'POST',
+        headers: this.context.headers,
+        body: this.requestBody,
+        signal: this.controller.signal,
+      });
+      this.body = response.body;
+      // A destroyed body also emits 'error'; reads report it, so it needs no listener of its own.
+      this.body.on('error', () => undefined);
+      this.iterator = response.body[Symbol.asyncIterator]();
+      if (response.statusCode < 200 || response.statusCode >= 300) {
+        const { text } = await this.readText(ERROR_BODY_BYTES);
+        throw statusFailure(response.statusCode, response.headers['retry-after'], text, this.context.identity);
+      }
+      const type = String(response.headers['content-type'] ?? '');
+      if (type.includes('application/json')) await this.openWhole();
+      else await this.openStream();
+    } catch (error) {
+      const failure = this.openFailure(error);
+      this.release();
+      throw failure;
+    } finally {
+      this.disarm('firstToken');
+    }
+  }
+
+  /** The choice's events; ending the iteration early aborts the request. */
+  async *events(): AsyncGenerator<EngineEvent, void, undefined> {
+    try {
+      if (this.whole !== undefined) {
+        const text = this.translate(this.whole);
+        if (text !== '') yield { type: 'text', text, tokens: 1 };
+        this.completed = true;
+      } else {
+        for (;;) {
+          const item = this.early.shift() ?? (await this.next(true));
+          if (item === 'done') break;
+          if (item === 'end') {
+            // A body that ends without a finish reason or `[DONE]` was cut off.
+            if (this.normaliser.finishReason === undefined) throw midStreamFailure();
+            break;
+          }
+          const text = this.translate(item);
+          if (text === '') continue;
+          yield { type: 'text', text, tokens: 1 };
+        }
+        this.completed = true;
+      }
+      const closing = this.normaliser.finish();
+      if (closing !== '') yield { type: 'text', text: closing, tokens: 0 };
+      const usage = this.normaliser.usage;
+      if (usage === undefined) this.context.onNoUsage();
+      yield {
+        type: 'end',
+        reason: this.normaliser.finishReason === 'length' ? 'length' : 'eog',
+        ...(usage !== undefined && (usage.completionTokens !== undefined || usage.reasoningTokens !== undefined)
+          ? {
+              usage: {
+                ...(usage.completionTokens !== undefined ? { completionTokens: usage.completionTokens } : {}),
+                ...(usage.reasoningTokens !== undefined ? { reasoningTokens: usage.reasoningTokens } : {}),
+              },
+            }
+          : {}),
+      };
+    } catch (error) {
+      throw this.streamFailure(error);
+    } finally {
+      this.release();
+    }
+  }
+
+  /** Aborts the request at once (a sibling choice failed, the run was disposed, the engine closes). */
+  abort(): void {
+    this.release();
+  }
+
+  private async openWhole(): Promise<void> {
+    const { text, complete } = await this.readText(JSON_BODY_BYTES);
+    if (!complete) throw new MalformedStreamError('the completion exceeded the size limit');
+    const chunk = parseChunk(text);
+    const error = chunkError(chunk);
+    if (error !== undefined) throw new UpstreamReportedError(error);
+    this.whole = chunk;
+  }
+
+  private async openStream(): Promise<void> {
+    this.reader = new SseReader(() => this.read());
+    for (;;) {
+      const item = await this.next(false);
+      if (item === 'end') throw new MalformedStreamError('the stream ended before its first event');
+      if (item !== 'done') {
+        const error = chunkError(item);
+        if (error !== undefined) throw new UpstreamReportedError(error);
+      }
+      this.early.push(item);
+      if (item === 'done' || isProgress(item)) return;
+    }
+  }
+
+  /** The next chunk of the stream; `idle` bounds the wait by the idle timeout (after the first event). */
+  private async next(idle: boolean): Promise<StreamItem> {
+    if (idle) this.arm('idle', this.context.timeouts.idleMs);
+    try {
+      for (;;) {
+        const item = await this.reader!.next();
+        if (item.type === 'end') return 'end';
+        const data = item.data.trim();
+        if (data === '') continue; // keep-alive
+        if (data === '[DONE]') {
+          this.sawDone = true;
+          return 'done';
+        }
+        return parseChunk(data);
+      }
+    } finally {
+      if (idle) this.disarm('idle');
+    }
+  }
+
+  private async read(): Promise<IteratorResult<Uint8Array>> {
+    const result = await this.iterator!.next();
+    if (result.done === true) this.bodyEnded = true;
+    return result;
+  }
+
+  private async readText(limit: number): Promise<{ text: string; complete: boolean }> {
+    const chunks: Buffer[] = [];
+    let bytes = 0;
+    for (;;) {
+      const result = await this.read();
+      if (result.done === true) return { text: Buffer.concat(chunks).toString('utf8'), complete: true };
+      chunks.push(Buffer.from(result.value));
+      bytes += result.value.byteLength;
+      if (bytes >= limit) return { text: Buffer.concat(chunks).toString('utf8').slice(0, limit), complete: false };
+    }
+  }
+
+  private translate(chunk: Chunk): string {
+    return this.normaliser.chunk(chunk);
+  }
+
+  private openFailure(error: unknown): unknown {
+    if (this.stopReason === 'client') return this.signal.reason;
+    if (this.stopReason === 'firstToken' || this.stopReason === 'total') {
+      return firstTokenTimeout(this.context.identity, this.context.timeouts.firstTokenMs);
+    }
+    if (error instanceof DeploymentFailure) return error;
+    if (error instanceof UpstreamReportedError) {
+      const message = scrub(error.message, this.context.identity);
+      if (isContextLengthMessage(error.message)) return new DeploymentFailure(new KilnError('contextLengthExceeded', { message }), false, false);
+      this.context.log.warn({ deployment: this.context.identity.name, upstreamError: message }, 'upstream reported an error before answering');
+      return new DeploymentFailure(new KilnError('upstreamUnavailable', { message: `The model's server failed (upstream '${this.context.identity.name}').` }), true, true);
+    }
+    if (error instanceof MalformedStreamError) {
+      this.context.log.warn({ deployment: this.context.identity.name, problem: error.message }, 'upstream answered malformed data');
+      return new DeploymentFailure(new KilnError('upstreamUnavailable', { message: `The model's server answered malformed data (upstream '${this.context.identity.name}').` }), true, true);
+    }
+    return transportFailure(error, this.context.identity);
+  }
+
+  private streamFailure(error: unknown): unknown {
+    if (this.stopReason === 'client') return this.signal.reason;
+    if (this.stopReason === 'idle' || this.stopReason === 'total') return midStreamTimeout(this.stopReason);
+    if (error instanceof KilnError) return error;
+    const problem =
+      error instanceof UpstreamReportedError || error instanceof MalformedStreamError
+        ? scrub(error.message, this.context.identity)
+        : (transportCode(error) ?? 'unknown error');
+    this.context.log.warn({ deployment: this.context.identity.name, problem }, 'upstream failed mid-response');
+    return midStreamFailure();
+  }
+
+  private arm(reason: StopReason, ms: number): void {
+    this.disarm(reason);
+    const timer = setTimeout(() => this.stop(reason), ms);
+    timer.unref();
+    this.timers.set(reason, timer);
+  }
+
+  private disarm(reason: StopReason): void {
+    const timer = this.timers.get(reason);
+    if (timer === undefined) return;
+    clearTimeout(timer);
+    this.timers.delete(reason);
+  }
+
+  private readonly onClientAbort = (): void => this.stop('client');
+
+  private stop(reason: StopReason): void {
+    this.stopReason ??= reason;
+    // Undici rejects pending reads with this reason: it must not carry the upstream's address (its own errors do).
+    this.controller.abort(new Error(`upstream request stopped (${reason})`));
+  }
+
+  /** Ends the exchange: the connection goes back to the pool when the body was read to its end, else it is closed. */
+  private release(): void {
+    if (this.settled) return;
+    this.settled = true;
+    for (const timer of this.timers.values()) clearTimeout(timer);
+    this.timers.clear();
+    this.signal.removeEventListener('abort', this.onClientAbort);
+    if (this.bodyEnded) return;
+    if (this.sawDone && this.stopReason === undefined) {
+      void this.drain();
+      return;
+    }
+    this.stop('released');
+  }
+
+  /** After `[DONE]` only the end of the body is left: wait briefly for it so the connection can be reused. */
+  private async drain(): Promise<void> {
+    const timer = setTimeout(() => this.stop('released'), DRAIN_MS);
+    timer.unref();
+    try {
+      for (let bytes = 0; bytes < ERROR_BODY_BYTES; ) {
+        const result = await this.read();
+        if (result.done === true) return;
+        bytes += result.value.byteLength;
+      }
+      this.stop('released');
+    } catch {
+      // Aborted or reset: the connection is gone either way.
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
+function parseChunk(data: string): Chunk {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(data);
+  } catch {
+    throw new MalformedStreamError('an event was not JSON');
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new MalformedStreamError('an event was not a JSON object');
+  return parsed as Chunk;
+}
