@@ -5,7 +5,7 @@
 import { access } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ConfigError, LOAD_MODES, loadConfigFile, type FileConfig, type ModelConfig } from '../config/config.js';
+import { ConfigError, LOAD_MODES, loadConfigFile, validateConfig, type FileConfig, type ModelConfig } from '../config/config.js';
 import { ensureTinyModel } from '../gguf/tiny-model.js';
 import { buildHttpServer, createLogger } from '../http/server.js';
 import { closeGracefully } from '../http/shutdown.js';
@@ -17,13 +17,17 @@ const DEFAULT_DRAIN_TIMEOUT_MS = 30_000;
 const SHUTDOWN_BACKSTOP_MS = 10_000;
 
 const USAGE = `Usage:
-  kiln serve [--config kiln.yaml | --model file.gguf [--model-id id]] [options]
+  kiln serve [--config kiln.yaml | --model file.gguf [--model-id id] | --upstream URL ... --model-id id] [options]
   kiln demo  [--port 8000]        serve a generated random-weight model and show one completion
 
 Options:
   --config <file>        YAML config (see examples/kiln.yaml)
   --model <file.gguf>    quick mode: serve one GGUF file
-  --model-id <id>        id for --model (default: the file's name without .gguf)
+  --model-id <id>        id for --model (default: the file's name without .gguf) or --upstream (required)
+  --upstream <url>       quick mode: serve --model-id through this OpenAI-compatible server (its base URL, e.g.
+                         http://gpu-node:8000/v1); repeatable: requests are balanced over them
+  --upstream-model <name>  the model name the upstream serves (default: --model-id)
+  --upstream-key-env <VAR> the environment variable holding the upstream's API key
   --host <host>          default 127.0.0.1
   --port <port>          default 8000
   --api-key <key>        repeatable; also KILN_API_KEYS=key1,key2
@@ -41,6 +45,9 @@ const options = {
   config: { type: 'string' },
   model: { type: 'string' },
   'model-id': { type: 'string' },
+  upstream: { type: 'string', multiple: true },
+  'upstream-model': { type: 'string' },
+  'upstream-key-env': { type: 'string' },
   host: { type: 'string' },
   port: { type: 'string' },
   'api-key': { type: 'string', multiple: true },
@@ -93,9 +100,11 @@ function integerFlag(flags: Flags, name: 'port' | 'parallel' | 'context-size' | 
 }
 
 async function resolveConfig(flags: Flags): Promise<FileConfig> {
-  if (flags.config !== undefined && flags.model !== undefined) throw new ConfigError('give either --config or --model, not both');
+  const sources = [flags.config, flags.model, flags.upstream].filter((given) => given !== undefined).length;
+  if (sources > 1) throw new ConfigError('give one of --config, --model or --upstream');
   if (flags.config !== undefined) return loadConfigFile(flags.config);
-  if (flags.model === undefined) throw new ConfigError('nothing to serve: give --config <file.yaml> or --model <file.gguf> (or try `kiln demo`)');
+  if (flags.upstream !== undefined) return upstreamConfig(flags, flags.upstream);
+  if (flags.model === undefined) throw new ConfigError('nothing to serve: give --config <file.yaml>, --model <file.gguf> or --upstream <url> (or try `kiln demo`)');
   const model: ModelConfig = { id: flags['model-id'] ?? basename(flags.model).replace(/\.gguf$/i, ''), file: flags.model };
   const parallel = integerFlag(flags, 'parallel');
   const contextSize = integerFlag(flags, 'context-size');
@@ -109,6 +118,18 @@ async function resolveConfig(flags: Flags): Promise<FileConfig> {
     model.load = load;
   }
   return { models: [model] };
+}
+
+/** `--upstream` quick mode: one id served by the given servers, validated like the same lines of a config file. */
+function upstreamConfig(flags: Flags, urls: string[]): FileConfig {
+  const id = flags['model-id'];
+  if (id === undefined) throw new ConfigError('--upstream needs --model-id: the id clients ask for');
+  const upstreams = urls.map((url) => ({
+    url,
+    model: flags['upstream-model'] ?? id,
+    ...(flags['upstream-key-env'] !== undefined ? { api_key_env: flags['upstream-key-env'] } : {}),
+  }));
+  return validateConfig({ models: [{ id, upstreams }] }, process.cwd(), 'command line');
 }
 
 function isLoopback(host: string): boolean {

@@ -138,6 +138,11 @@ export function parseConfig(text: string, baseDir: string, source = 'config'): F
   } catch (error) {
     throw new ConfigError(`${source}: not valid YAML: ${(error as Error).message}`);
   }
+  return validateConfig(document, baseDir, source);
+}
+
+/** Validates a config document already parsed (the CLI's quick modes build one from flags). */
+export function validateConfig(document: unknown, baseDir: string, source: string): FileConfig {
   const parsed = configSchema.safeParse(document ?? {});
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
