@@ -5,6 +5,11 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import type { ChatRequest } from '../../src/core/chat-request.js';
+import type { EngineEvent, EngineRun } from '../../src/core/engine.js';
+import type { Log } from '../../src/core/log.js';
+import { normalizeChatRequest, REQUEST_LIMIT_DEFAULTS } from '../../src/core/normalize-request.js';
+import { UpstreamEngine, type UpstreamEngineSettings } from '../../src/engines/upstream/upstream-engine.js';
 
 export type Script =
   /** SSE: each chunk as `data: <json>` (a string is sent raw, as is), then the usage chunk (unless null) and [DONE]. */
@@ -171,6 +176,8 @@ export async function startCannedUpstream(
         for (let index = 0; index < events.length; index++) {
           if (answer.hangAfter === index) return;
           if (answer.closeAfter === index) {
+            // Let what was written reach the client first: destroying discards unsent data.
+            await sleep(50);
             res.socket?.destroy();
             return;
           }
@@ -197,3 +204,42 @@ export async function startCannedUpstream(
   state.url = `http://127.0.0.1:${state.port}/v1`;
   return state;
 }
+
+// Driving an UpstreamEngine against a canned upstream.
+
+export function chatRequest(extra: Record<string, unknown> = {}): ChatRequest {
+  return normalizeChatRequest({ model: 'kiln-test', messages: [{ role: 'user', content: 'Hi there' }], ...extra }, { ...REQUEST_LIMIT_DEFAULTS, maxChoices: 8 });
+}
+
+export interface LogLine {
+  level: string;
+  fields: object;
+  message: string;
+}
+
+export function collectingLog(): { log: Log; lines: LogLine[] } {
+  const lines: LogLine[] = [];
+  const at = (level: string) => (fields: object, message: string) => lines.push({ level, fields, message });
+  return { log: { debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') }, lines };
+}
+
+export function upstreamEngine(upstream: Pick<CannedUpstream, "url">, overrides: Partial<UpstreamEngineSettings> = {}): UpstreamEngine {
+  return new UpstreamEngine({
+    name: 'canned',
+    baseUrl: upstream.url,
+    model: 'served-model',
+    apiKey: 'sk-upstream-secret',
+    reasoning: 'auto',
+    maxConcurrency: 4,
+    timeouts: { connectMs: 1_000, firstTokenMs: 2_000, idleMs: 2_000, totalMs: 10_000 },
+    log: collectingLog().log,
+    ...overrides,
+  });
+}
+
+export async function events(run: EngineRun, index = 0): Promise<EngineEvent[]> {
+  const out: EngineEvent[] = [];
+  for await (const event of run.choice(index)) out.push(event);
+  return out;
+}
+

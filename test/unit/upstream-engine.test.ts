@@ -6,58 +6,20 @@
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import type { ChatRequest } from '../../src/core/chat-request.js';
-import type { EngineEvent, EngineRun } from '../../src/core/engine.js';
-import type { Log } from '../../src/core/log.js';
-import { normalizeChatRequest, REQUEST_LIMIT_DEFAULTS } from '../../src/core/normalize-request.js';
+import type { EngineRun } from '../../src/core/engine.js';
 import { ChoicePostProcessor, type ChoiceUpdate } from '../../src/core/postprocess/choice-processor.js';
-import { UpstreamEngine, type UpstreamEngineSettings } from '../../src/engines/upstream/upstream-engine.js';
-import { chunk, startCannedUpstream, usageChunk, type CannedUpstream, type Script } from '../helpers/canned-upstream.js';
+import type { UpstreamEngineSettings } from '../../src/engines/upstream/upstream-engine.js';
+import { chatRequest, chunk, collectingLog, events, startCannedUpstream, upstreamEngine, usageChunk, type CannedUpstream, type Script } from '../helpers/canned-upstream.js';
 
 const servers: CannedUpstream[] = [];
 after(() => Promise.all(servers.map((server) => server.close())));
 
-/** A canned upstream closed when the file's tests are done. */
-export async function serve(...args: Parameters<typeof startCannedUpstream>): Promise<CannedUpstream> {
+async function serve(...args: Parameters<typeof startCannedUpstream>): Promise<CannedUpstream> {
   const server = await startCannedUpstream(...args);
   servers.push(server);
   return server;
 }
 
-export function chatRequest(extra: Record<string, unknown> = {}): ChatRequest {
-  return normalizeChatRequest({ model: 'kiln-test', messages: [{ role: 'user', content: 'Hi there' }], ...extra }, { ...REQUEST_LIMIT_DEFAULTS, maxChoices: 8 });
-}
-
-export interface LogLine {
-  level: string;
-  fields: object;
-  message: string;
-}
-
-export function collectingLog(): { log: Log; lines: LogLine[] } {
-  const lines: LogLine[] = [];
-  const at = (level: string) => (fields: object, message: string) => lines.push({ level, fields, message });
-  return { log: { debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') }, lines };
-}
-
-export function upstreamEngine(upstream: CannedUpstream, overrides: Partial<UpstreamEngineSettings> = {}): UpstreamEngine {
-  return new UpstreamEngine({
-    name: 'canned',
-    baseUrl: upstream.url,
-    model: 'served-model',
-    apiKey: 'sk-upstream-secret',
-    reasoning: 'auto',
-    maxConcurrency: 4,
-    timeouts: { connectMs: 1_000, firstTokenMs: 2_000, idleMs: 2_000, totalMs: 10_000 },
-    log: collectingLog().log,
-    ...overrides,
-  });
-}
-
-export async function events(run: EngineRun, index = 0): Promise<EngineEvent[]> {
-  const out: EngineEvent[] = [];
-  for await (const event of run.choice(index)) out.push(event);
-  return out;
-}
 
 interface Processed {
   content: string;
@@ -67,7 +29,7 @@ interface Processed {
 }
 
 /** One choice through the post-processor, the way the service reads it. */
-export async function processed(run: EngineRun, request: ChatRequest, index = 0): Promise<Processed> {
+async function processed(run: EngineRun, request: ChatRequest, index = 0): Promise<Processed> {
   const processor = new ChoicePostProcessor({ stop: request.stop, reasoning: run.reasoning, tools: request.tools.length > 0 });
   const out: Processed = { content: '', reasoning: '', toolCalls: [], finish: undefined };
   for await (const event of run.choice(index)) {
