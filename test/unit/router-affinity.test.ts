@@ -38,7 +38,7 @@ test("every turn of a conversation lands on its first turn's deployment, while c
   const { router, engines } = affine(3);
   const home = new Map<number, string>();
   for (let turn = 1; turn <= 3; turn++) {
-    for (let id = 0; id < 60; id++) {
+    for (let id = 0; id < 50; id++) {
       const run = (await router.start(chatRequest(conversation(id, turn)), never())) as RoutedRun;
       if (turn === 1) home.set(id, run.deployment);
       else assert.equal(run.deployment, home.get(id), `conversation ${id}, turn ${turn}`);
@@ -46,8 +46,8 @@ test("every turn of a conversation lands on its first turn's deployment, while c
     }
   }
   const perDeployment = engines.map((engine) => engine.starts / 3);
-  // 60 conversations over 3 deployments by hash: none is left out, none takes most.
-  for (const count of perDeployment) assert.ok(count >= 8 && count <= 35, `conversations per deployment: ${perDeployment}`);
+  // 50 conversations over 3 deployments by hash: none is left out, none takes most.
+  for (const count of perDeployment) assert.ok(count >= 6 && count <= 30, `conversations per deployment: ${perDeployment}`);
   await router.close();
 });
 

@@ -127,13 +127,22 @@ export class DeploymentHealth {
     this.probeInFlight = false;
     this.ejectedUntil = this.events.now() + ms;
     this.clearTimer();
-    // Capacity grows again when the probe becomes due: admission's waiters must hear of it.
+    this.arm(ms);
+    this.events.log.warn({ deployment: this.name, consecutiveFailures: this.consecutive, ejectMs: ms, reason }, 'deployment ejected');
+  }
+
+  /**
+   * Capacity grows again when the probe becomes due: admission's waiters must hear of it. A timer may fire a little
+   * before the clock says the time is up; it then waits the rest, so that the state has changed when they ask.
+   */
+  private arm(ms: number): void {
     this.timer = setTimeout(() => {
+      const left = this.ejectedUntil - this.events.now();
+      if (left > 0) return this.arm(left);
       this.timer = undefined;
       this.events.onCapacityChange();
     }, ms);
     this.timer.unref();
-    this.events.log.warn({ deployment: this.name, consecutiveFailures: this.consecutive, ejectMs: ms, reason }, 'deployment ejected');
   }
 
   private clearTimer(): void {
