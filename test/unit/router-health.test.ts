@@ -121,11 +121,16 @@ test('a failed probe ejects again for twice as long, up to maxEjectMs; a clean r
   await router.close();
 });
 
-test('the end of an ejection tells admission that capacity is back', async () => {
-  const { router, capacityChanges } = routerOver([{ failStart: broken() }, { failStart: broken() }], { failureThreshold: 1, ejectMs: 30 }, true);
+test('the end of an ejection tells admission that capacity is back, once the clock says so', async () => {
+  const { router, capacityChanges, clock } = routerOver([{ failStart: broken() }, { failStart: broken() }], { failureThreshold: 1, ejectMs: 20 });
   await assert.rejects(router.start(chatRequest(), never()));
   assert.equal(router.capacity(), 0);
   const before = capacityChanges.count;
+  // The timers have run out, the router's clock has not moved: nothing to tell yet.
+  await sleep(60);
+  assert.equal(capacityChanges.count, before);
+  assert.equal(router.capacity(), 0);
+  clock.now += 20;
   await until(() => capacityChanges.count >= before + 2);
   assert.equal(router.capacity(), 2, 'one probe each');
   await router.close();

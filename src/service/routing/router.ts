@@ -181,7 +181,9 @@ export class Router implements ChatEngine {
         throw error;
       }
       const fields = { deployment: slot.name, code: error.error.entry.code, status: error.error.status, retryable: error.retryable };
-      this.hooks.log.warn(fields, 'deployment attempt failed');
+      // A rate limit or a refusal of the request is the deployment working as it should: not worth a warning each.
+      if (error.unhealthy) this.hooks.log.warn(fields, 'deployment attempt failed');
+      else this.hooks.log.debug(fields, 'deployment attempt refused');
       // The server answered (a 429, a 400 of its own): alive, if busy or picky.
       if (error.unhealthy) slot.health.failed(error.error.entry.code);
       else if (probe) slot.health.readmit('probe');
