@@ -33,11 +33,12 @@ let front: KilnProcess;
 let client: OpenAI;
 
 /** Fault upstreams by name, each serving a model named `served-<name>`, and the model ids that route to them. */
-const LAYOUT: Record<string, { upstreams: Array<[string, FaultMode]>; prefix_affinity?: boolean }> = {
+const LAYOUT: Record<string, { upstreams: Array<[string, FaultMode]>; prefix_affinity?: boolean; max_concurrency?: number }> = {
   'hang-model': { upstreams: [['hung', Fault.hang(true)], ['good', Fault.ok()]], prefix_affinity: false },
   'down-model': { upstreams: [['down-a', Fault.ok()], ['down-b', Fault.ok()]], prefix_affinity: false },
   'limited-model': { upstreams: [['limited-a', Fault.status(429, 7)], ['limited-b', Fault.status(429, 7)]], prefix_affinity: false },
   'flaky-model': { upstreams: [['failing', Fault.status(500)], ['steady', Fault.ok()]], prefix_affinity: false },
+  'full-model': { upstreams: [['broken', Fault.status(502)], ['busy', Fault.slowFirstByte(300)]], prefix_affinity: false, max_concurrency: 1 },
   'slow-model': { upstreams: [['slow', Fault.slowFirstByte(2000)]] },
   'cut-model': { upstreams: [['cutting', Fault.closeMidStream(2)]] },
   'think-model': { upstreams: [['thinker', Fault.inlineThink()]] },
@@ -47,12 +48,12 @@ const LAYOUT: Record<string, { upstreams: Array<[string, FaultMode]>; prefix_aff
 
 before(async () => {
   const models = [];
-  for (const [id, { upstreams: list, prefix_affinity }] of Object.entries(LAYOUT)) {
+  for (const [id, { upstreams: list, prefix_affinity, max_concurrency = 8 }] of Object.entries(LAYOUT)) {
     const entries = [];
     for (const [name, mode] of list) {
       const upstream = await FaultUpstream.start({ mode, model: `served-${name}` });
       upstreams[name] = upstream;
-      entries.push({ url: upstream.url, model: upstream.model, name, api_key_env: KEY_ENV, max_concurrency: 8 });
+      entries.push({ url: upstream.url, model: upstream.model, name, api_key_env: KEY_ENV, max_concurrency });
     }
     models.push({ id, upstreams: entries, queue_wait_ms: 3000, ...(prefix_affinity !== undefined ? { prefix_affinity } : {}) });
   }
@@ -184,6 +185,16 @@ describe('upstream errors', () => {
     assert.ok(upstreams.failing!.requests >= 1 && upstreams.failing!.requests <= POLICY.failure_threshold + 1, `the failing replica got ${upstreams.failing!.requests}`);
   });
 
+  test('failing over to a deployment at its max_concurrency waits for its room instead of answering 503', async () => {
+    // Two requests at once, one per deployment (max_concurrency 1 each): the one sent to the broken deployment fails
+    // over to the busy one, which is full until its own request ends (~300 ms, within every timeout and budget).
+    const results = await Promise.all([post('full-model', {}, 'one'), post('full-model', {}, 'two')]);
+    const statuses = await Promise.all(results.map(async (response) => `${response.status} ${response.status === 200 ? '' : await response.text()}`));
+    assert.deepEqual(statuses, ['200 ', '200 ']);
+    assert.equal(upstreams.broken!.requests, 1);
+    assert.equal(upstreams.busy!.requests, 2);
+  });
+
   test('a first byte later than first_token_timeout_ms on the only deployment → 504, streamed or not, without hanging', async () => {
     for (const stream of [false, true]) {
       const started = Date.now();
@@ -293,6 +304,6 @@ test("no upstream key nor upstream address in any response or in the front's deb
   assert.deepEqual(findLeaks(responses, [SECRET], ports), []);
   await sleep(100);
   const log = front.output();
-  assert.match(log, /"level":20/, 'the front logs at debug level');
+  assert.match(log, /"deployment":"hung"/, 'the log has the routing lines (so that they are checked too)');
   assert.deepEqual(findLeaks(log, [SECRET], ports), []);
 });
