@@ -52,7 +52,7 @@ async function processed(run: EngineRun, request: ChatRequest, index = 0): Promi
 
 const signal = () => new AbortController().signal;
 
-describe('upstream engine: the request it sends', () => {
+describe('upstream engine: the request it sends', { timeout: 15_000 }, () => {
   let upstream: CannedUpstream;
 
   test('every parameter is explicit, n fans out to n requests of one choice with seed + i', async () => {
@@ -141,7 +141,7 @@ describe('upstream engine: the request it sends', () => {
   });
 });
 
-describe('upstream engine: streamed answers through the post-processor', () => {
+describe('upstream engine: streamed answers through the post-processor', { timeout: 15_000 }, () => {
   const answers: Record<string, Script> = {
     plain: { kind: 'sse', chunks: [chunk({ role: 'assistant', content: '' }), chunk({ content: 'Hello' }), chunk({ content: ', world' }), chunk({}, 'stop')], usage: usageChunk(11, 2, { cached: 4, reasoning: 0 }) },
     inlineThink: { kind: 'sse', chunks: [chunk({ content: '<think>hmm' }), chunk({ content: ' let me see</think>\n\n' }), chunk({ content: 'Answer' }, 'stop')], usage: usageChunk(5, 3) },
@@ -169,6 +169,25 @@ describe('upstream engine: streamed answers through the post-processor', () => {
         object: 'chat.completion',
         choices: [{ index: 0, message: { role: 'assistant', content: 'Whole answer', reasoning_content: 'why' }, finish_reason: 'length' }],
         usage: { prompt_tokens: 8, completion_tokens: 6, total_tokens: 14 },
+      },
+    },
+    jsonTools: {
+      kind: 'json',
+      body: {
+        choices: [
+          {
+            index: 0,
+            message: {
+              role: 'assistant',
+              content: null,
+              tool_calls: [
+                { type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } },
+                { type: 'function', function: { name: 'now', arguments: {} } },
+              ],
+            },
+            finish_reason: 'tool_calls',
+          },
+        ],
       },
     },
     noUsage: { kind: 'sse', chunks: [chunk({ content: 'a' }), chunk({ content: 'b' }), chunk({}, 'stop')] },
@@ -261,6 +280,18 @@ describe('upstream engine: streamed answers through the post-processor', () => {
     const out = await processed(started, request);
     assert.deepEqual([out.reasoning, out.content, out.finish?.finishReason, out.finish?.completionTokens], ['why', 'Whole answer', 'length', 6]);
     assert.equal(started.promptTokens, 8);
+    await engine.close();
+  });
+
+  test('a whole JSON completion with tool calls (no index, arguments as an object)', async () => {
+    const tools = [{ type: 'function', function: { name: 'get_weather' } }, { type: 'function', function: { name: 'now' } }];
+    const { engine, request, run: started } = await run('jsonTools', { tools });
+    const out = await processed(started, request);
+    assert.deepEqual(out.toolCalls, [
+      { name: 'get_weather', arguments: '{"city":"Paris"}' },
+      { name: 'now', arguments: '{}' },
+    ]);
+    assert.equal(out.finish?.finishReason, 'tool_calls');
     await engine.close();
   });
 

@@ -67,7 +67,7 @@ function assertFailure(failure: DeploymentFailure, kind: ErrorKind, retryable: b
 
 const fast = { timeouts: { connectMs: 500, firstTokenMs: 300, idleMs: 300, totalMs: 5_000 } };
 
-describe('upstream failures before the first event', () => {
+describe('upstream failures before the first event', { timeout: 15_000 }, () => {
   test('429 is rate limiting with the upstream Retry-After; retryable, not unhealthy', async () => {
     const upstream = await serve(() => ({ kind: 'status', status: 429, headers: { 'retry-after': '7' }, body: { error: { message: 'slow down' } } }));
     const failure = await startFailure(upstream);
@@ -157,7 +157,7 @@ describe('upstream failures before the first event', () => {
   });
 });
 
-describe('upstream failures after the first event', () => {
+describe('upstream failures after the first event', { timeout: 15_000 }, () => {
   test('the connection closing mid-stream: the choice throws upstreamUnavailable', async () => {
     const upstream = await serve(() => ({ kind: 'sse', chunks: [chunk({ content: 'a' }), chunk({ content: 'b' }), chunk({}, 'stop')], closeAfter: 2 }));
     const engine = upstreamEngine(upstream);
@@ -233,18 +233,22 @@ describe('upstream failures after the first event', () => {
 
   test('a consumer that stops early closes the connection, which the pool replaces', async () => {
     const upstream = await serve((_body, n) =>
-      n === 0 ? { kind: 'sse', chunks: [chunk({ content: 'a' }), chunk({ content: 'b' })], hangAfter: 1 } : { kind: 'sse', chunks: [chunk({ content: 'ok' }, 'stop')], usage: usageChunk(1, 1) },
+      n < 3 ? { kind: 'sse', chunks: [chunk({ content: 'a' }), chunk({ content: 'b' })], hangAfter: 1 } : { kind: 'sse', chunks: [chunk({ content: 'ok' }, 'stop')], usage: usageChunk(1, 1) },
     );
+    // One choice at a time (the pool keeps one more connection for health probes): three abandoned streams would
+    // exhaust it if stopping did not give their connections up.
     const engine = upstreamEngine(upstream, { maxConcurrency: 1 });
-    const first = await engine.start(chatRequest(), new AbortController().signal);
-    for await (const event of first.choice(0)) {
-      assert.equal(event.type, 'text');
-      break;
+    for (let i = 0; i < 3; i++) {
+      const run = await engine.start(chatRequest(), new AbortController().signal);
+      for await (const event of run.choice(0)) {
+        assert.equal(event.type, 'text');
+        break;
+      }
+      run.dispose();
+      await upstream.waitForAborted(i + 1, 500);
     }
-    first.dispose();
-    await upstream.waitForAborted(1, 500);
-    const second = await engine.start(chatRequest(), new AbortController().signal);
-    assert.equal((await events(second)).at(-1)?.type, 'end');
+    const last = await engine.start(chatRequest(), new AbortController().signal);
+    assert.equal((await events(last)).at(-1)?.type, 'end');
     await engine.close();
   });
 
@@ -272,17 +276,20 @@ describe('upstream failures after the first event', () => {
     const run = await engine.start(chatRequest(), new AbortController().signal);
     const iterator = run.choice(0);
     for (let i = 0; i < 10; i++) await iterator.next();
-    await new Promise((resolve) => setTimeout(resolve, 500));
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    const stalled = upstream.bigBytesWritten;
+    await new Promise((resolve) => setTimeout(resolve, 300));
     const written = upstream.bigBytesWritten;
-    // What the kernel's socket buffers and one read-ahead chunk hold, far from the whole body.
-    assert.ok(written < total / 4, `the upstream wrote ${written} bytes for a reader that stopped`);
+    // The upstream's writes stall once the socket buffers and one read-ahead chunk are full: far from the whole body.
+    assert.equal(written, stalled, 'the upstream kept writing to a reader that stopped');
+    assert.ok(written < total / 2, `the upstream wrote ${written} bytes for a reader that stopped`);
     await iterator.return(undefined);
     await upstream.waitForAborted(1, 500);
     await engine.close();
   });
 });
 
-describe('upstream probe', () => {
+describe('upstream probe', { timeout: 15_000 }, () => {
   test('resolves on 2xx, rejects on non-2xx and on a refused connection, without the address', async () => {
     const ok = await serve(() => ({ kind: 'hang' }));
     const engine = upstreamEngine(ok);

@@ -2,6 +2,10 @@
  * One choice's HTTP exchange with the upstream: the request, its answer up to the first event (what the router may
  * still retry elsewhere), then the rest of the stream as engine events, read only as fast as the consumer pulls.
  *
+ * Timeouts: the first event within firstTokenMs of sending (connecting included; undici bounds the connect itself by
+ * connectMs), the whole exchange within totalMs, and each later event within idleMs of the consumer asking for it —
+ * time a slow client spends not asking is not the upstream's idleness (the total timeout still bounds it).
+ *
  * Every way it can stop — the client gone, a timeout, the consumer done, the run disposed — aborts the request, which
  * destroys the socket (a half-read response cannot go back to the pool). Only a response read to its end keeps its
  * connection for the next request.
@@ -173,6 +177,11 @@ export class ChoiceExchange {
     const chunk = parseChunk(text);
     const error = chunkError(chunk);
     if (error !== undefined) throw new UpstreamReportedError(error);
+    // A whole message's tool calls carry no index (streamed ones do): number them so that each is a call of its own.
+    const message = (chunk.choices as Array<{ message?: { tool_calls?: unknown } }> | undefined)?.[0]?.message;
+    if (Array.isArray(message?.tool_calls)) {
+      message.tool_calls = message.tool_calls.map((call: unknown, index) => (typeof call === 'object' && call !== null ? { index, ...call } : call));
+    }
     this.whole = chunk;
   }
 
@@ -233,7 +242,7 @@ export class ChoiceExchange {
   }
 
   private openFailure(error: unknown): unknown {
-    if (this.stopReason === 'client') return this.signal.reason;
+    if (this.stopReason === 'client' || this.signal.aborted) return this.signal.reason;
     if (this.stopReason === 'firstToken' || this.stopReason === 'total') {
       return firstTokenTimeout(this.context.identity, this.context.timeouts.firstTokenMs);
     }
@@ -252,7 +261,7 @@ export class ChoiceExchange {
   }
 
   private streamFailure(error: unknown): unknown {
-    if (this.stopReason === 'client') return this.signal.reason;
+    if (this.stopReason === 'client' || this.signal.aborted) return this.signal.reason;
     if (this.stopReason === 'idle' || this.stopReason === 'total') return midStreamTimeout(this.stopReason);
     if (error instanceof KilnError) return error;
     const problem =
