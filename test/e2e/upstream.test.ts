@@ -25,12 +25,18 @@ let client: OpenAI;
 before(async () => {
   const tiny = await ensureTinyModel({ neverEnd: true });
   const r1 = await ensureTinyModel({ flavor: 'r1-distill' });
+  const qwen = await ensureTinyModel({ flavor: 'qwen2.5' });
   cluster = await startUpstreamCluster({
     count: REPLICAS,
     server: { api_keys: [REPLICA_KEY] },
     models: (index) => [
       { id: 'tiny', file: tiny, parallel: PARALLEL, context_size: 1024, threads: 1 },
-      ...(index === 0 ? [{ id: 'r1', file: r1, parallel: 1, context_size: 512, threads: 1 }] : []),
+      ...(index === 0
+        ? [
+            { id: 'r1', file: r1, parallel: 1, context_size: 512, threads: 1 },
+            { id: 'qwen', file: qwen, parallel: 1, context_size: 2048, threads: 1 },
+          ]
+        : []),
     ],
     // Generous timeouts: requests queued in a replica behind its 4 sequences wait long for their first token.
     front: (replicas) => ({
@@ -41,8 +47,9 @@ before(async () => {
         { id: 'aff', upstreams: upstreamsOf(replicas, 'aff'), prefix_affinity: true },
         // Default max_concurrency (64): the front sends all 50 at once, and each replica queues what its 4 sequences cannot
         // run yet (upstream-faults.test.ts has the case of deployments filled to their max_concurrency).
-        { id: 'kill', upstreams: upstreamsOf(replicas, 'kill', undefined), prefix_affinity: false },
+        { id: 'kill', upstreams: upstreamsOf(replicas, 'kill', null), prefix_affinity: false },
         { id: 'reasoner', upstreams: [{ url: replicas[0]!.url, model: 'r1', name: 'reasoner-0', api_key_env: KEY_ENV }] },
+        { id: 'tools', upstreams: [{ url: replicas[0]!.url, model: 'qwen', name: 'tools-0', api_key_env: KEY_ENV }] },
       ],
     }),
     frontEnv: { [KEY_ENV]: REPLICA_KEY },
@@ -53,13 +60,14 @@ before(async () => {
 
 after(async () => cluster?.stop());
 
-function upstreamsOf(replicas: Replica[], prefix: string, maxConcurrency: number | undefined = 2 * PARALLEL) {
+/** `maxConcurrency` null: the default (64). */
+function upstreamsOf(replicas: Replica[], prefix: string, maxConcurrency: number | null = 2 * PARALLEL) {
   return replicas.map((replica) => ({
     url: replica.url,
     model: 'tiny',
     name: `${prefix}-${replica.name}`,
     api_key_env: KEY_ENV,
-    ...(maxConcurrency !== undefined ? { max_concurrency: maxConcurrency } : {}),
+    ...(maxConcurrency !== null ? { max_concurrency: maxConcurrency } : {}),
   }));
 }
 
@@ -179,6 +187,48 @@ describe('through the front', () => {
     }
     assert.equal(reasoning, reference.reasoning_content);
     assert.equal(content, reference.content ?? '');
+  });
+
+  test('a tool call forced by a Kiln replica comes through as tool_calls deltas in the contract shape, the same call as the replica made', async () => {
+    const parameters = { type: 'object', properties: { unit: { enum: ['celsius', 'fahrenheit'] }, days: { type: 'integer', minimum: 1, maximum: 9 } }, required: ['unit', 'days'], additionalProperties: false };
+    const tools = [{ type: 'function' as const, function: { name: 'get_weather', description: 'Weather', parameters } }];
+    const body = { messages: [{ role: 'user' as const, content: 'Weather?' }], tools, tool_choice: 'required' as const, parallel_tool_calls: false, max_tokens: 200, seed: 4, temperature: 1 };
+    const direct = await fetch(`${cluster.replicas[0]!.url}/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${REPLICA_KEY}` },
+      body: JSON.stringify({ ...body, model: 'qwen' }),
+    });
+    assert.equal(direct.status, 200);
+    const reference = (await direct.json()).choices[0];
+    assert.equal(reference.finish_reason, 'tool_calls');
+
+    const whole = await client.chat.completions.create({ ...body, model: 'tools' });
+    const call = whole.choices[0]!.message.tool_calls![0]! as { id: string; type: string; function: { name: string; arguments: string } };
+    assert.equal(whole.choices[0]!.finish_reason, 'tool_calls');
+    assert.equal(whole.choices[0]!.message.content, null);
+    assert.match(call.id, /^call_/);
+    assert.equal(call.function.name, 'get_weather');
+    assert.deepEqual(JSON.parse(call.function.arguments), JSON.parse(reference.message.tool_calls[0].function.arguments));
+
+    const stream = await client.chat.completions.create({ ...body, model: 'tools', stream: true });
+    const deltas = [];
+    let finish: string | null | undefined;
+    for await (const chunk of stream) {
+      for (const delta of chunk.choices[0]?.delta.tool_calls ?? []) deltas.push(delta);
+      finish = chunk.choices[0]?.finish_reason ?? finish;
+    }
+    assert.equal(finish, 'tool_calls');
+    const [first, ...rest] = deltas;
+    assert.equal(first!.index, 0);
+    assert.match(first!.id!, /^call_/);
+    assert.equal(first!.type, 'function');
+    assert.equal(first!.function!.name, 'get_weather');
+    for (const delta of rest) {
+      assert.equal(delta.index, 0);
+      assert.equal(delta.id, undefined, 'only the first delta of a call carries its id');
+      assert.equal(delta.function?.name, undefined);
+    }
+    assert.deepEqual(JSON.parse(deltas.map((delta) => delta.function?.arguments ?? '').join('')), JSON.parse(call.function.arguments));
   });
 });
 
