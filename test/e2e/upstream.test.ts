@@ -10,7 +10,7 @@ import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
 import type { ChatCompletionCreateParamsNonStreaming } from 'openai/resources/chat/completions';
 import { ensureTinyModel } from '../../src/gguf/tiny-model.js';
-import { findLeaks, ResponseRecorder, requestCounts, requestsSince, startUpstreamCluster, type Cluster, type Replica } from '../helpers/upstream-cluster.js';
+import { findLeaks, ResponseRecorder, requestCounts, requestsSince, startUpstreamCluster, type Cluster, type ReplicaAddress } from '../helpers/upstream-cluster.js';
 
 const REPLICA_KEY = `sk-replica-${process.pid}-7f3c9a1e5b`;
 const KEY_ENV = 'KILN_TEST_REPLICA_KEY';
@@ -61,7 +61,7 @@ before(async () => {
 after(async () => cluster?.stop());
 
 /** `maxConcurrency` null: the default (64). */
-function upstreamsOf(replicas: Replica[], prefix: string, maxConcurrency: number | null = 2 * PARALLEL) {
+function upstreamsOf(replicas: ReplicaAddress[], prefix: string, maxConcurrency: number | null = 2 * PARALLEL) {
   return replicas.map((replica) => ({
     url: replica.url,
     model: 'tiny',

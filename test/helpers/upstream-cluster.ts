@@ -4,6 +4,7 @@
  * Each replica logs every request at info level (`incoming request`), so its request count is read from its output;
  * a replica can be killed outright (SIGKILL) mid-run.
  */
+import { createServer } from 'node:net';
 import type { KilnProcess } from './kiln-process.js';
 import { startKiln, writeConfig } from './kiln-process.js';
 
@@ -22,6 +23,9 @@ export interface Replica {
   readonly killed: boolean;
 }
 
+/** What the front's config needs of a replica, known before it has started. */
+export type ReplicaAddress = Pick<Replica, 'index' | 'name' | 'url' | 'port'>;
+
 export interface ReplicaOptions {
   count: number;
   /** The `models` of replica `index`'s config. */
@@ -38,12 +42,32 @@ export function countChatRequests(output: string): number {
   return output.match(CHAT_REQUEST_LINE)?.length ?? 0;
 }
 
+/** A port free on the loopback now (for a child that will listen on it a moment later). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const probe = createServer();
+    probe.once('error', reject);
+    probe.listen(0, '127.0.0.1', () => {
+      const { port } = probe.address() as { port: number };
+      probe.close(() => resolve(port));
+    });
+  });
+}
+
+/** Ports and names for `count` replicas, so that a front can be configured (and started) alongside them. */
+export async function planReplicas(options: Pick<ReplicaOptions, 'count' | 'name'>): Promise<ReplicaAddress[]> {
+  const ports = new Set<number>();
+  while (ports.size < options.count) ports.add(await freePort());
+  return [...ports].map((port, index) => ({ index, name: options.name?.(index) ?? `replica-${index}`, url: `http://127.0.0.1:${port}/v1`, port }));
+}
+
 /** Starts the replicas in parallel (info-level logs: each request is one `incoming request` line). */
-export async function startReplicas(options: ReplicaOptions): Promise<Replica[]> {
+export async function startReplicas(options: ReplicaOptions, planned?: ReplicaAddress[]): Promise<Replica[]> {
   const started = await Promise.allSettled(
     Array.from({ length: options.count }, async (_, index) => {
       const config = await writeConfig({ ...(options.server ? { server: options.server } : {}), models: options.models(index) });
-      return startKiln(['--config', config, '--log-level', 'info']);
+      const port = planned?.[index]?.port;
+      return startKiln(['--config', config, '--log-level', 'info', ...(port !== undefined ? ['--port', String(port)] : [])]);
     }),
   );
   const failed = started.find((result) => result.status === 'rejected');
@@ -103,28 +127,27 @@ export interface Cluster {
 }
 
 /**
- * Replicas, then a front Kiln whose config `front(replicas)` builds (run at `--log-level debug` unless `frontArgs`
- * says otherwise, so that tests can check every line it writes).
+ * Replicas and a front Kiln whose config `front(replicas)` builds, all started at once on ports chosen beforehand (the
+ * front is run at `--log-level debug` unless `frontArgs` says otherwise, so that tests can check every line it writes).
  */
 export async function startUpstreamCluster(options: ReplicaOptions & {
-  front(replicas: Replica[]): unknown;
+  front(replicas: ReplicaAddress[]): unknown;
   frontArgs?: string[];
   frontEnv?: NodeJS.ProcessEnv;
 }): Promise<Cluster> {
-  const replicas = await startReplicas(options);
-  let front: KilnProcess;
-  try {
-    front = await startFront(options.front(replicas), options.frontArgs, options.frontEnv);
-  } catch (error) {
-    await Promise.allSettled(replicas.map((replica) => replica.process.stop()));
-    throw error;
+  const planned = await planReplicas(options);
+  const [replicas, front] = await Promise.allSettled([startReplicas(options, planned), startFront(options.front(planned), options.frontArgs, options.frontEnv)]);
+  if (replicas.status === 'rejected' || front.status === 'rejected') {
+    if (replicas.status === 'fulfilled') await Promise.allSettled(replicas.value.map((replica) => replica.process.stop()));
+    if (front.status === 'fulfilled') await front.value.stop();
+    throw replicas.status === 'rejected' ? replicas.reason : (front as PromiseRejectedResult).reason;
   }
   return {
-    replicas,
-    front,
+    replicas: replicas.value,
+    front: front.value,
     stop: async () => {
-      await front.stop();
-      await Promise.allSettled(replicas.map((replica) => replica.process.stop()));
+      await front.value.stop();
+      await Promise.allSettled(replicas.value.map((replica) => replica.process.stop()));
     },
   };
 }
