@@ -8,7 +8,9 @@
  * address before being passed on.
  */
 import { DeploymentFailure } from '../../core/engine.js';
+import type { Log } from '../../core/log.js';
 import { KilnError } from '../../errors/catalog.js';
+import { MalformedStreamError, UpstreamReportedError } from './upstream-stream.js';
 
 /** What may be said about an upstream, and what must be scrubbed from what it says. */
 export interface UpstreamIdentity {
@@ -163,4 +165,41 @@ export function midStreamTimeout(what: 'idle' | 'total'): KilnError {
   return new KilnError('upstreamTimeout', {
     message: what === 'idle' ? "The model's server stopped sending mid-response." : "The model's server did not finish in time.",
   });
+}
+
+/** Why an exchange aborted its request; decides what a failed read means. */
+export type StopReason = 'client' | 'firstToken' | 'idle' | 'total' | 'released';
+
+interface FailureContext {
+  identity: UpstreamIdentity;
+  log: Log;
+  timeouts: { firstTokenMs: number };
+}
+
+/** Why opening an exchange failed, as the router needs it (the client's own abort is handled by the caller). */
+export function openFailure(error: unknown, stop: StopReason | undefined, context: FailureContext): DeploymentFailure {
+  const { identity, log } = context;
+  if (stop === 'firstToken' || stop === 'total') return firstTokenTimeout(identity, context.timeouts.firstTokenMs);
+  if (error instanceof DeploymentFailure) return error;
+  if (error instanceof UpstreamReportedError) {
+    const message = scrub(error.message, identity);
+    if (isContextLengthMessage(error.message)) return new DeploymentFailure(new KilnError('contextLengthExceeded', { message }), false, false);
+    log.warn({ deployment: identity.name, upstreamError: message }, 'upstream reported an error before answering');
+    return new DeploymentFailure(new KilnError('upstreamUnavailable', { message: `The model's server failed (upstream '${identity.name}').` }), true, true);
+  }
+  if (error instanceof MalformedStreamError) {
+    log.warn({ deployment: identity.name, problem: error.message }, 'upstream answered malformed data');
+    return new DeploymentFailure(new KilnError('upstreamUnavailable', { message: `The model's server answered malformed data (upstream '${identity.name}').` }), true, true);
+  }
+  return transportFailure(error, identity);
+}
+
+/** Why a stream that had begun failed, as the in-band error for the client; the details go to the log. */
+export function streamFailure(error: unknown, stop: StopReason | undefined, context: FailureContext): KilnError {
+  if (stop === 'idle' || stop === 'total') return midStreamTimeout(stop);
+  if (error instanceof KilnError) return error;
+  const problem =
+    error instanceof UpstreamReportedError || error instanceof MalformedStreamError ? scrub(error.message, context.identity) : (transportCode(error) ?? 'unknown error');
+  context.log.warn({ deployment: context.identity.name, problem }, 'upstream failed mid-response');
+  return midStreamFailure();
 }

@@ -10,23 +10,12 @@
  * destroys the socket (a half-read response cannot go back to the pool). Only a response read to its end keeps its
  * connection for the next request.
  */
-import type { Dispatcher, Pool } from 'undici';
-import { DeploymentFailure, type EngineEvent } from '../../core/engine.js';
+import type { Pool } from 'undici';
+import type { EngineEndEvent, EngineEvent } from '../../core/engine.js';
 import type { Log } from '../../core/log.js';
-import { KilnError } from '../../errors/catalog.js';
-import {
-  firstTokenTimeout,
-  isContextLengthMessage,
-  midStreamFailure,
-  midStreamTimeout,
-  scrub,
-  statusFailure,
-  transportCode,
-  transportFailure,
-  type UpstreamIdentity,
-} from './upstream-errors.js';
+import { midStreamFailure, openFailure, statusFailure, streamFailure, type StopReason, type UpstreamIdentity } from './upstream-errors.js';
 import type { UpstreamTimeouts } from './upstream-engine.js';
-import { chunkError, DeltaNormaliser, isProgress, MalformedStreamError, SseReader, UpstreamReportedError, type UpstreamUsage } from './upstream-stream.js';
+import { chunkError, DeltaNormaliser, isProgress, MalformedStreamError, parseChunk, SseReader, UpstreamReportedError, type Chunk, type UpstreamUsage } from './upstream-stream.js';
 
 export interface ExchangeContext {
   pool: Pool;
@@ -41,9 +30,6 @@ export interface ExchangeContext {
   onNoUsage: () => void;
 }
 
-/** Why the exchange was aborted; decides what a failed read means. */
-type StopReason = 'client' | 'firstToken' | 'idle' | 'total' | 'released';
-
 /** The most of an error body read for its message. */
 const ERROR_BODY_BYTES = 64 * 1024;
 /** The most of a whole (non-streamed) completion read. */
@@ -51,14 +37,12 @@ const JSON_BODY_BYTES = 16 * 1024 * 1024;
 /** After `[DONE]`, how long the end of the body may take before the connection is given up instead of reused. */
 const DRAIN_MS = 1_000;
 
-type Chunk = Record<string, unknown>;
 type StreamItem = Chunk | 'done' | 'end';
 
 export class ChoiceExchange {
   private readonly controller = new AbortController();
   private stopReason: StopReason | undefined;
   private readonly timers = new Map<StopReason, NodeJS.Timeout>();
-  private body: Dispatcher.ResponseData['body'] | undefined;
   private iterator: AsyncIterator<Uint8Array> | undefined;
   private reader: SseReader | undefined;
   /** A whole completion, when the server answered JSON instead of streaming. */
@@ -69,8 +53,6 @@ export class ChoiceExchange {
   private bodyEnded = false;
   private sawDone = false;
   private settled = false;
-  /** The stream was read to its end: its usage (if any) is final. */
-  completed = false;
 
   constructor(
     private readonly context: ExchangeContext,
@@ -101,9 +83,8 @@ export class ChoiceExchange {
         body: this.requestBody,
         signal: this.controller.signal,
       });
-      this.body = response.body;
       // A destroyed body also emits 'error'; reads report it, so it needs no listener of its own.
-      this.body.on('error', () => undefined);
+      response.body.on('error', () => undefined);
       this.iterator = response.body[Symbol.asyncIterator]();
       if (response.statusCode < 200 || response.statusCode >= 300) {
         const { text } = await this.readText(ERROR_BODY_BYTES);
@@ -113,7 +94,7 @@ export class ChoiceExchange {
       if (type.includes('application/json')) await this.openWhole();
       else await this.openStream();
     } catch (error) {
-      const failure = this.openFailure(error);
+      const failure = this.signal.aborted ? this.signal.reason : openFailure(error, this.stopReason, this.context);
       this.release();
       throw failure;
     } finally {
@@ -125,9 +106,8 @@ export class ChoiceExchange {
   async *events(): AsyncGenerator<EngineEvent, void, undefined> {
     try {
       if (this.whole !== undefined) {
-        const text = this.translate(this.whole);
+        const text = this.normaliser.chunk(this.whole);
         if (text !== '') yield { type: 'text', text, tokens: 1 };
-        this.completed = true;
       } else {
         for (;;) {
           const item = this.early.shift() ?? (await this.next(true));
@@ -137,30 +117,18 @@ export class ChoiceExchange {
             if (this.normaliser.finishReason === undefined) throw midStreamFailure();
             break;
           }
-          const text = this.translate(item);
+          const text = this.normaliser.chunk(item);
           if (text === '') continue;
           yield { type: 'text', text, tokens: 1 };
         }
-        this.completed = true;
       }
       const closing = this.normaliser.finish();
       if (closing !== '') yield { type: 'text', text: closing, tokens: 0 };
       const usage = this.normaliser.usage;
       if (usage === undefined) this.context.onNoUsage();
-      yield {
-        type: 'end',
-        reason: this.normaliser.finishReason === 'length' ? 'length' : 'eog',
-        ...(usage !== undefined && (usage.completionTokens !== undefined || usage.reasoningTokens !== undefined)
-          ? {
-              usage: {
-                ...(usage.completionTokens !== undefined ? { completionTokens: usage.completionTokens } : {}),
-                ...(usage.reasoningTokens !== undefined ? { reasoningTokens: usage.reasoningTokens } : {}),
-              },
-            }
-          : {}),
-      };
+      yield { type: 'end', reason: this.normaliser.finishReason === 'length' ? 'length' : 'eog', ...endUsage(usage) };
     } catch (error) {
-      throw this.streamFailure(error);
+      throw this.signal.aborted ? this.signal.reason : streamFailure(error, this.stopReason, this.context);
     } finally {
       this.release();
     }
@@ -237,41 +205,6 @@ export class ChoiceExchange {
     }
   }
 
-  private translate(chunk: Chunk): string {
-    return this.normaliser.chunk(chunk);
-  }
-
-  private openFailure(error: unknown): unknown {
-    if (this.stopReason === 'client' || this.signal.aborted) return this.signal.reason;
-    if (this.stopReason === 'firstToken' || this.stopReason === 'total') {
-      return firstTokenTimeout(this.context.identity, this.context.timeouts.firstTokenMs);
-    }
-    if (error instanceof DeploymentFailure) return error;
-    if (error instanceof UpstreamReportedError) {
-      const message = scrub(error.message, this.context.identity);
-      if (isContextLengthMessage(error.message)) return new DeploymentFailure(new KilnError('contextLengthExceeded', { message }), false, false);
-      this.context.log.warn({ deployment: this.context.identity.name, upstreamError: message }, 'upstream reported an error before answering');
-      return new DeploymentFailure(new KilnError('upstreamUnavailable', { message: `The model's server failed (upstream '${this.context.identity.name}').` }), true, true);
-    }
-    if (error instanceof MalformedStreamError) {
-      this.context.log.warn({ deployment: this.context.identity.name, problem: error.message }, 'upstream answered malformed data');
-      return new DeploymentFailure(new KilnError('upstreamUnavailable', { message: `The model's server answered malformed data (upstream '${this.context.identity.name}').` }), true, true);
-    }
-    return transportFailure(error, this.context.identity);
-  }
-
-  private streamFailure(error: unknown): unknown {
-    if (this.stopReason === 'client' || this.signal.aborted) return this.signal.reason;
-    if (this.stopReason === 'idle' || this.stopReason === 'total') return midStreamTimeout(this.stopReason);
-    if (error instanceof KilnError) return error;
-    const problem =
-      error instanceof UpstreamReportedError || error instanceof MalformedStreamError
-        ? scrub(error.message, this.context.identity)
-        : (transportCode(error) ?? 'unknown error');
-    this.context.log.warn({ deployment: this.context.identity.name, problem }, 'upstream failed mid-response');
-    return midStreamFailure();
-  }
-
   private arm(reason: StopReason, ms: number): void {
     this.disarm(reason);
     const timer = setTimeout(() => this.stop(reason), ms);
@@ -328,13 +261,10 @@ export class ChoiceExchange {
   }
 }
 
-function parseChunk(data: string): Chunk {
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(data);
-  } catch {
-    throw new MalformedStreamError('an event was not JSON');
-  }
-  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new MalformedStreamError('an event was not a JSON object');
-  return parsed as Chunk;
+/** The upstream's own output counts, for the fields it sent (the post-processor's tally stands in for the rest). */
+function endUsage(usage: UpstreamUsage | undefined): Pick<EngineEndEvent, 'usage'> {
+  const counts: NonNullable<EngineEndEvent['usage']> = {};
+  if (usage?.completionTokens !== undefined) counts.completionTokens = usage.completionTokens;
+  if (usage?.reasoningTokens !== undefined) counts.reasoningTokens = usage.reasoningTokens;
+  return Object.keys(counts).length > 0 ? { usage: counts } : {};
 }

@@ -203,3 +203,17 @@ function firstString(...values: unknown[]): string | undefined {
   for (const value of values) if (typeof value === 'string') return value;
   return undefined;
 }
+
+export type Chunk = Record<string, unknown>;
+
+/** One event's data as a chunk object; anything else means the stream is not what it claims to be. */
+export function parseChunk(data: string): Chunk {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(data);
+  } catch {
+    throw new MalformedStreamError('an event was not JSON');
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new MalformedStreamError('an event was not a JSON object');
+  return parsed as Chunk;
+}
