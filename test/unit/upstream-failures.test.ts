@@ -9,7 +9,7 @@ import { createServer } from 'node:net';
 import { after, describe, test } from 'node:test';
 import { DeploymentFailure, type EngineRun } from '../../src/core/engine.js';
 import { KilnError, type ErrorKind } from '../../src/errors/catalog.js';
-import { chatRequest, chunk, collectingLog, events, startCannedUpstream, upstreamEngine, usageChunk, type CannedUpstream, type LogLine } from '../helpers/canned-upstream.js';
+import { chatRequest, chunk, collectingLog, events, startCannedUpstream, upstreamEngine as baseEngine, usageChunk, type CannedUpstream, type LogLine } from '../helpers/canned-upstream.js';
 
 const servers: CannedUpstream[] = [];
 
@@ -32,11 +32,16 @@ function remember(upstream: { port: number }, error: unknown): unknown {
   return error;
 }
 
-/** The DeploymentFailure that `start` rejects with. */
-async function startFailure(upstream: CannedUpstream, extra: Record<string, unknown> = {}, settings: Parameters<typeof upstreamEngine>[1] = {}): Promise<DeploymentFailure> {
+/** An engine whose log lines are kept for the final check. */
+function upstreamEngine(upstream: Pick<CannedUpstream, 'url' | 'port'>, settings: Parameters<typeof baseEngine>[1] = {}) {
   const { log, lines } = collectingLog();
   logs.push({ port: upstream.port, lines });
-  const engine = upstreamEngine(upstream, { log, ...settings });
+  return baseEngine(upstream, { log, ...settings });
+}
+
+/** The DeploymentFailure that `start` rejects with. */
+async function startFailure(upstream: CannedUpstream, extra: Record<string, unknown> = {}, settings: Parameters<typeof upstreamEngine>[1] = {}): Promise<DeploymentFailure> {
+  const engine = upstreamEngine(upstream, settings);
   try {
     await engine.start(chatRequest(extra), new AbortController().signal);
   } catch (error) {
@@ -190,7 +195,9 @@ describe('upstream failures after the first event', { timeout: 15_000 }, () => {
     const started = Date.now();
     const error = await choiceFailure(upstream, run);
     assert.equal(error.kind, 'upstreamTimeout');
-    assert.ok(Date.now() - started >= 250, 'the idle timeout fired too early');
+    assert.equal(error.message, "The model's server stopped sending mid-response.");
+    const elapsed = Date.now() - started;
+    assert.ok(elapsed >= 250 && elapsed < 2_000, `the idle timeout fired after ${elapsed} ms`);
     await upstream.waitForAborted(1);
     await engine.close();
   });
@@ -323,6 +330,7 @@ after(async () => {
       assert.equal(text.includes(secret), false, `an error names ${secret}: ${text}`);
     }
   }
+  assert.ok(logs.some(({ lines }) => lines.some((line) => line.level === 'warn')), 'no warning was logged to check');
   for (const { port, lines } of logs) {
     const text = JSON.stringify(lines);
     for (const secret of [String(port), '127.0.0.1', SECRET]) assert.equal(text.includes(secret), false, `a log line names ${secret}: ${text}`);
