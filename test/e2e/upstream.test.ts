@@ -42,7 +42,8 @@ before(async () => {
     front: (replicas) => ({
       server: { upstream: { first_token_timeout_ms: 30_000, idle_timeout_ms: 10_000, failure_threshold: 2, eject_ms: 5_000 } },
       models: [
-        // Distinct names per id: ids with the very same upstream list share one router (and its policy).
+        // Distinct names per id: ids whose upstream lists are identical, names included, share one router, built with the
+        // first id's prefix_affinity (the second id's is ignored).
         { id: 'bal', upstreams: upstreamsOf(replicas, 'bal'), prefix_affinity: false },
         { id: 'aff', upstreams: upstreamsOf(replicas, 'aff'), prefix_affinity: true },
         // Default max_concurrency (64): the front sends all 50 at once, and each replica queues what its 4 sequences cannot
