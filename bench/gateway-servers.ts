@@ -133,3 +133,27 @@ export async function startKilnGateway(upstreamUrl: string, upstreamModel: strin
   });
   return { url, child, output: () => output, stop: stopper(child) };
 }
+
+/** bench/gateway-floor.ts in front of the upstream: the reference for what Fastify + undici cost by themselves. */
+export async function startFloorGateway(upstreamUrl: string, nodeFlags: string[] = []): Promise<ServerProcess> {
+  const child = spawn(process.execPath, [...nodeFlags, '--import', 'tsx', join(REPO_ROOT, 'bench/gateway-floor.ts'), upstreamUrl], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  const url = await new Promise<string>((resolvePromise, reject) => {
+    const timer = setTimeout(() => reject(new Error(`floor gateway did not start within 30 s:\n${output}`)), 30_000);
+    const onData = (data: Buffer) => {
+      output = (output + data).slice(-20_000);
+      const match = /floor gateway listening on (http:\/\/\S+)/.exec(output);
+      if (match) {
+        clearTimeout(timer);
+        resolvePromise(match[1]!);
+      }
+    };
+    child.stdout!.on('data', onData);
+    child.stderr!.on('data', onData);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`floor gateway exited with ${code}:\n${output}`));
+    });
+  });
+  return { url, child, output: () => output, stop: stopper(child) };
+}

@@ -13,12 +13,15 @@
  *   --seconds <s>         length of each latency measurement (default 5)
  *   --ramp-seconds <s>    length of each throughput level (default 2.5)
  *   --levels <list>       throughput concurrency levels (default 1,8,32,64,128)
- *   --targets <list>      a subset of direct,kiln,portkey (default all three)
+ *   --targets <list>      a subset of direct,kiln,portkey,floor (default direct,kiln,portkey); floor is
+ *                         bench/gateway-floor.ts, a bare Fastify + undici pass-through doing the same parsing and
+ *                         re-serialising: the reference for what Kiln's own layers cost
  *   --quick               a smoke run: 1 round, 1 s measurements, levels 8,64
  *   --profile <dir>       instead of measuring: run the gateways under `node --cpu-prof` with 8 clients, streaming
  *                         and not, for --seconds each, and print where their CPU time goes
  */
 import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { cpus, loadavg, release, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -26,7 +29,7 @@ import { parseArgs } from 'node:util';
 import { CANNED_MODEL, CANNED_WORDS, startCannedUpstream } from './canned-upstream.js';
 import { closedLoop, makeTarget, median, percentile, verify, type Mode, type Target } from './gateway-client.js';
 import { renderSummary, summariseFile } from './gateway-profile.js';
-import { KILN_MODEL, PORTKEY_PINS, PORTKEY_VERSION, ensurePortkey, startKilnGateway, startPortkey, type ServerProcess } from './gateway-servers.js';
+import { KILN_MODEL, PORTKEY_PINS, PORTKEY_VERSION, ensurePortkey, startFloorGateway, startKilnGateway, startPortkey, type ServerProcess } from './gateway-servers.js';
 
 const REPO_ROOT = resolve(import.meta.dirname, '..');
 const { values: flags } = parseArgs({
@@ -63,6 +66,17 @@ const fmtRate = (rate: number) => (Number.isNaN(rate) ? '—' : rate.toFixed(0))
 const spread = (values: number[], fmt: (value: number) => string) => (values.length < 2 ? fmt(values[0] ?? Number.NaN) : `${fmt(median(values))} (${fmt(Math.min(...values))}–${fmt(Math.max(...values))})`);
 const modeLabel = (mode: Mode) => (mode === 'json' ? 'non-streaming, whole response' : 'streaming, first content chunk');
 
+/** User + system CPU time of a process so far, in ms (/proc: 10 ms ticks, plenty over a few thousand requests). */
+function cpuMs(pid: number | undefined): number {
+  if (pid === undefined) return Number.NaN;
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
+  } catch {
+    return Number.NaN;
+  }
+}
+
 function machine(): string {
   const cpu = cpus();
   let commit = 'unknown';
@@ -73,10 +87,21 @@ function machine(): string {
   return `${cpu.length} × ${cpu[0]?.model.trim() ?? 'unknown CPU'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Linux ${release()}, Node ${process.version}, load average ${loadavg().map((value) => value.toFixed(2)).join(' ')} at start; Kiln ${commit}; Portkey ${PORTKEY_VERSION} (@hono/node-server ${PORTKEY_PINS['@hono/node-server']})`;
 }
 
-async function startTargets(profileDir?: string): Promise<{ targets: Target[]; servers: ServerProcess[]; served: () => Promise<number>; stopUpstream: () => Promise<void> }> {
+interface Started {
+  targets: Target[];
+  servers: ServerProcess[];
+  /** The process that does a target's work: the upstream for direct, else the gateway. */
+  pids: Map<string, number | undefined>;
+  upstreamPid: number | undefined;
+  served: () => Promise<number>;
+  stopUpstream: () => Promise<void>;
+}
+
+async function startTargets(profileDir?: string): Promise<Started> {
   const upstream = await startCannedUpstream();
   const targets: Target[] = [];
   const servers: ServerProcess[] = [];
+  const pids = new Map<string, number | undefined>([['direct', upstream.child.pid]]);
   const profileFlags = (name: string) => (profileDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${join(profileDir, name)}`]);
   try {
     for (const name of NAMES) {
@@ -84,13 +109,20 @@ async function startTargets(profileDir?: string): Promise<{ targets: Target[]; s
       else if (name === 'kiln') {
         const kiln = await startKilnGateway(upstream.url, CANNED_MODEL, profileFlags('kiln'));
         servers.push(kiln);
+        pids.set('kiln', kiln.child.pid);
         targets.push(makeTarget('kiln', kiln.url, KILN_MODEL));
       } else if (name === 'portkey') {
         await ensurePortkey();
         const portkey = await startPortkey(profileFlags('portkey'));
         servers.push(portkey);
+        pids.set('portkey', portkey.child.pid);
         targets.push(makeTarget('portkey', portkey.url, CANNED_MODEL, { 'x-portkey-provider': 'openai', 'x-portkey-custom-host': `${upstream.url}/v1` }));
-      } else throw new Error(`--targets: unknown target '${name}' (direct, kiln, portkey)`);
+      } else if (name === 'floor') {
+        const floor = await startFloorGateway(upstream.url, profileFlags('floor'));
+        servers.push(floor);
+        pids.set('floor', floor.child.pid);
+        targets.push(makeTarget('floor', floor.url, KILN_MODEL));
+      } else throw new Error(`--targets: unknown target '${name}' (direct, kiln, portkey, floor)`);
     }
     // Each gateway must answer the canned completion, and get it from the upstream: two requests, two served.
     for (const target of targets) {
@@ -106,7 +138,7 @@ async function startTargets(profileDir?: string): Promise<{ targets: Target[]; s
     await upstream.stop();
     throw error;
   }
-  return { targets, servers, served: upstream.served, stopUpstream: upstream.stop };
+  return { targets, servers, pids, upstreamPid: upstream.child.pid, served: upstream.served, stopUpstream: upstream.stop };
 }
 
 async function profile(dir: string): Promise<void> {
@@ -137,6 +169,9 @@ interface Cell {
   p50: number[];
   p99: number[];
   rps: number[];
+  /** CPU µs per request of the target's own process (the upstream's, for direct) and of the upstream behind it. */
+  cpu: number[];
+  upstreamCpu: number[];
   errors: number;
   requests: number;
 }
@@ -144,10 +179,10 @@ interface Cell {
 async function measure(): Promise<void> {
   const notes = machine();
   console.error(notes);
-  const { targets, servers, stopUpstream } = await startTargets();
+  const { targets, servers, stopUpstream, pids, upstreamPid } = await startTargets();
   const latency = new Map<string, Cell>();
   const throughput = new Map<string, { rps: number[]; level: number[]; errors: number; requests: number }>();
-  const cell = (key: string) => latency.get(key) ?? latency.set(key, { p50: [], p99: [], rps: [], errors: 0, requests: 0 }).get(key)!;
+  const cell = (key: string) => latency.get(key) ?? latency.set(key, { p50: [], p99: [], rps: [], cpu: [], upstreamCpu: [], errors: 0, requests: 0 }).get(key)!;
   const started = performance.now();
   try {
     for (const target of targets) for (const mode of MODES) await closedLoop(target, mode, 8, QUICK ? 0.5 : 1.5); // warm-up (JIT, pools)
@@ -155,15 +190,19 @@ async function measure(): Promise<void> {
       const order = targets.map((_, i) => targets[(i + round) % targets.length]!);
       for (const phase of LATENCY_PHASES) {
         for (const target of order) {
+          const before = { own: cpuMs(pids.get(target.name)), upstream: cpuMs(upstreamPid) };
           const result = await closedLoop(target, phase.mode, phase.clients, SECONDS);
+          const requests = result.ok + result.errors;
           const c = cell(`${target.name}|${phase.mode}|${phase.clients}`);
+          c.cpu.push((1000 * (cpuMs(pids.get(target.name)) - before.own)) / requests);
+          c.upstreamCpu.push((1000 * (cpuMs(upstreamPid) - before.upstream)) / requests);
           c.p50.push(percentile(result.latencies, 50));
           c.p99.push(percentile(result.latencies, 99));
           c.rps.push(result.rps);
           c.errors += result.errors;
-          c.requests += result.ok + result.errors;
+          c.requests += requests;
           console.error(
-            `round ${round} ${target.name} ${phase.mode} ${phase.clients} client(s): p50 ${fmtMs(percentile(result.latencies, 50))} ms, p99 ${fmtMs(percentile(result.latencies, 99))} ms, ${result.rps.toFixed(0)} req/s${result.errors > 0 ? `, ${result.errors} errors (${result.firstError})` : ''}`,
+            `round ${round} ${target.name} ${phase.mode} ${phase.clients} client(s): p50 ${fmtMs(percentile(result.latencies, 50))} ms, p99 ${fmtMs(percentile(result.latencies, 99))} ms, ${result.rps.toFixed(0)} req/s, ${c.cpu.at(-1)!.toFixed(0)} µs CPU/request${result.errors > 0 ? `, ${result.errors} errors (${result.firstError})` : ''}`,
           );
         }
       }
@@ -233,6 +272,19 @@ async function measure(): Promise<void> {
       ratioCells = `${spread(ratios, (value) => value.toFixed(2))}; ${ofMedians.toFixed(2)} | ≥ ${RPS_RATIO_TARGET} | ${median(ratios) >= RPS_RATIO_TARGET ? 'yes' : 'NO'} |`;
     }
     lines.push(`| ${mode === 'json' ? 'non-streaming' : 'streaming'} | ${names.map((name) => spread(of(name).rps, fmtRate)).join(' | ')} | ${names.map((name) => of(name).level.join(',')).join(' / ')} | ${ratioCells}`);
+  }
+  const cpuRatios = ([['portkey', 'kiln'], ['kiln', 'floor']] as const).filter(([a, b]) => names.includes(a) && names.includes(b));
+  lines.push(
+    '',
+    `CPU time per request in µs (user + system, from /proc), median of the rounds (lowest–highest): the target's own process (for direct, the upstream), and the upstream's share behind each gateway.`,
+    '',
+    `| request | clients | ${names.map((name) => (name === 'direct' ? 'upstream alone' : name)).join(' | ')} | ${gateways.map((name) => `upstream behind ${name}`).join(' | ')} |${cpuRatios.map(([a, b]) => ` ${a}/${b} |`).join('')}`,
+    `| --- | ---: | ${names.map(() => '---:').join(' | ')} | ${gateways.map(() => '---:').join(' | ')} |${cpuRatios.map(() => ' ---: |').join('')}`,
+  );
+  for (const phase of LATENCY_PHASES) {
+    const of = (name: string) => latency.get(`${name}|${phase.mode}|${phase.clients}`)!;
+    const ratios = cpuRatios.map(([a, b]) => ` ${(median(of(a).cpu) / median(of(b).cpu)).toFixed(2)} |`).join('');
+    lines.push(`| ${modeLabel(phase.mode)} | ${phase.clients} | ${names.map((name) => spread(of(name).cpu, fmtRate)).join(' | ')} | ${gateways.map((name) => spread(of(name).upstreamCpu, fmtRate)).join(' | ')} |${ratios}`);
   }
   const failures = names.map((name) => {
     const errors = [...latency].filter(([key]) => key.startsWith(`${name}|`)).reduce((sum, [, c]) => sum + c.errors, 0) + MODES.reduce((sum, mode) => sum + (throughput.get(`${name}|${mode}`)?.errors ?? 0), 0);
