@@ -366,9 +366,15 @@ describe('a replica killed mid-run', () => {
     // What the victim had received: the streams cut on it, and requests waiting in its queue, which had to fail over.
     const receivedByVictim = victim.requestCount() - victimBefore;
     const failedOver = receivedByVictim - cut;
+    // The front's own account: attempts on the victim that failed before their first byte (then tried elsewhere), and
+    // runs it cut mid-stream.
+    const victimLines = cluster.front.output().split('\n').filter((line) => line.includes(`"deployment":"kill-${victim.name}"`));
+    const attemptsFailed = victimLines.filter((line) => line.includes('deployment attempt failed')).length;
+    const failedMidStream = victimLines.filter((line) => line.includes('failed mid-stream')).length;
     const figures =
       `killed ${victim.name} ${killedAt === undefined ? 'never' : `${killedAt - started} ms in`}; ${full} whole streams, ${cut} cut mid-stream, ` +
-      `${outcomes.length - full - cut} wrong; the victim had received ${receivedByVictim} (so ${failedOver} had to fail over); ` +
+      `${outcomes.length - full - cut} wrong; the victim had received ${receivedByVictim} (so ${failedOver} waiting there had to fail over); ` +
+      `front log: ${attemptsFailed} attempts on the victim failed over, ${failedMidStream} runs failed mid-stream; ` +
       `all done in ${elapsed} ms; requests per replica ${requestCounts(cluster.replicas)}`;
     t.diagnostic(figures);
     console.log(`# kill test: ${figures}`);
