@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { KilnError } from '../../src/errors/catalog.js';
 import type { RoutedRun } from '../../src/service/routing/routed-run.js';
-import { chatRequest, drain, FakeEngine, testRouter } from '../helpers/fake-engines.js';
+import { chatRequest, drain, failure, FakeEngine, sleep, testRouter } from '../helpers/fake-engines.js';
 
 const fakes = (count: number, behavior = {}) => Array.from({ length: count }, (_, index) => new FakeEngine(`e${index}`, { ...behavior }));
 const never = () => new AbortController().signal;
@@ -73,12 +73,29 @@ test('the least loaded deployment takes the next request', async () => {
   await router.close();
 });
 
-test('maxConcurrency is respected; with no room anywhere the start is a 503 with Retry-After', async () => {
+test('maxConcurrency is respected: with no room anywhere a start waits for a slot, within the retry budget', async () => {
   const engines = fakes(2, { hold: true });
-  const { router } = testRouter(engines.map((engine) => ({ engine, maxConcurrency: 2 })));
-  const runs = [];
-  for (let i = 0; i < 4; i++) runs.push(await router.start(chatRequest(), never()));
+  const { router } = testRouter(engines.map((engine) => ({ engine, maxConcurrency: 2 })), {}, true);
+  const runs: RoutedRun[] = [];
+  for (let i = 0; i < 4; i++) runs.push((await router.start(chatRequest(), never())) as RoutedRun);
   assert.deepEqual(served(engines), [2, 2]);
+  const waiting = router.start(chatRequest(), never());
+  await sleep(20);
+  assert.deepEqual(served(engines), [2, 2], 'nothing started on a full deployment');
+  runs[1]!.dispose();
+  const next = (await waiting) as RoutedRun;
+  assert.equal(next.deployment, runs[1]!.deployment);
+  assert.deepEqual(router.stats().map((stats) => stats.outstanding), [2, 2]);
+  assert.equal(router.capacity(), 4);
+  for (const run of [...runs, next]) run.dispose();
+  await router.close();
+});
+
+test('no room within the retry budget: 503 with Retry-After', async () => {
+  const engines = fakes(2, { hold: true });
+  const { router } = testRouter(engines.map((engine) => ({ engine, maxConcurrency: 1 })), { retryBudgetMs: 30 }, true);
+  const runs = [await router.start(chatRequest(), never()), await router.start(chatRequest(), never())];
+  const started = Date.now();
   await assert.rejects(router.start(chatRequest(), never()), (error: unknown) => {
     assert.ok(error instanceof KilnError);
     assert.equal(error.status, 503);
@@ -86,10 +103,43 @@ test('maxConcurrency is respected; with no room anywhere the start is a 503 with
     assert.equal(error.retryAfterSeconds, 1);
     return true;
   });
-  runs[0]!.dispose();
-  const next = await router.start(chatRequest(), never());
-  assert.equal((next as RoutedRun).deployment, (runs[0] as RoutedRun).deployment);
-  assert.equal(router.capacity(), 4);
+  assert.ok(Date.now() - started >= 25, 'it waited for room first');
+  assert.deepEqual(served(engines), [1, 1]);
+  for (const run of runs) run.dispose();
+  await router.close();
+});
+
+test('a request failing over onto a full deployment waits for its room instead of failing', async () => {
+  const broken = new FakeEngine('broken', { failStart: failure('upstreamUnavailable') });
+  const busy = new FakeEngine('busy', { hold: true });
+  const { router } = testRouter([{ engine: busy, maxConcurrency: 1 }, { engine: broken, maxConcurrency: 1 }], { retryBudgetMs: 5_000 }, true);
+  const first = (await router.start(chatRequest(), never())) as RoutedRun;
+  assert.equal(first.deployment, 'd0');
+  const second = router.start(chatRequest(), never());
+  await sleep(20);
+  assert.equal(broken.starts, 1);
+  assert.equal(busy.starts, 1, 'waiting for room on the busy one');
+  const reading = drain(first);
+  busy.release();
+  await reading;
+  const run = (await second) as RoutedRun;
+  assert.equal(run.deployment, 'd0');
+  assert.deepEqual(await drain(run), ['busy:0:0 busy:0:1 ']);
+  await router.close();
+});
+
+test('an aborted request stops waiting for room', async () => {
+  const engines = fakes(1, { hold: true });
+  const { router } = testRouter(engines.map((engine) => ({ engine, maxConcurrency: 1 })), {}, true);
+  const run = await router.start(chatRequest(), never());
+  const controller = new AbortController();
+  const waiting = router.start(chatRequest(), controller.signal);
+  await sleep(10);
+  const reason = new Error('client gone');
+  controller.abort(reason);
+  await assert.rejects(waiting, (error) => error === reason);
+  run.dispose();
+  assert.equal(router.stats()[0]!.outstanding, 0);
   await router.close();
 });
 

@@ -45,6 +45,11 @@ export class Balancer {
     return below.length > 0 ? leastOutstanding(below) : undefined;
   }
 
+  /** Whether a deployment not in `tried` could take `n` choices once it has room (in service, allows that many). */
+  mayTake(n: number, tried: ReadonlySet<Slot>): boolean {
+    return this.slots.some((slot) => !tried.has(slot) && slot.health.admits() && fitsChoices(slot, n));
+  }
+
   private byAffinity(key: number, n: number, candidates: readonly Slot[]): Slot | undefined {
     if (this.ring === undefined) return undefined;
     // The fair share is taken over the deployments that may take requests now: ejected ones carry none of it.

@@ -12,6 +12,7 @@ import { Balancer, type Slot } from './balancer.js';
 import { exhaustedError, noRoomError } from './exhausted.js';
 import { DeploymentHealth } from './health.js';
 import { prefixKey } from './prefix-key.js';
+import { RoomWaiters } from './room-waiters.js';
 import { RoutedRun } from './routed-run.js';
 
 export interface Deployment {
@@ -63,6 +64,8 @@ export class Router implements ChatEngine {
   private readonly balancer: Balancer;
   private readonly checks: ActiveChecks | undefined;
   private readonly now: () => number;
+  /** Requests failing over onto full deployments, waiting for a slot. */
+  private readonly room = new RoomWaiters();
 
   constructor(
     readonly label: string,
@@ -72,7 +75,7 @@ export class Router implements ChatEngine {
   ) {
     if (deployments.length === 0) throw new Error(`router '${label}' has no deployment`);
     this.now = hooks.now ?? Date.now;
-    const events = { log: hooks.log, onCapacityChange: () => hooks.onCapacityChange(), now: this.now };
+    const events = { log: hooks.log, onCapacityChange: () => this.capacityChanged(), now: this.now };
     this.slots = deployments.map((deployment) => ({
       deployment,
       name: deployment.name,
@@ -132,7 +135,14 @@ export class Router implements ChatEngine {
     const attempts = Math.max(1, this.policy.maxAttempts);
     while (tried.size < attempts && (tried.size === 0 || this.now() - began < this.policy.retryBudgetMs)) {
       const slot = this.balancer.pick(request.n, key, tried);
-      if (slot === undefined) break;
+      if (slot === undefined) {
+        // Every deployment left is full. Admission counts the whole model's capacity, not a failover's second slot,
+        // so a request failing over may find the others full: it waits for room within the retry budget.
+        const left = this.policy.retryBudgetMs - (this.now() - began);
+        if (left <= 0 || !this.balancer.mayTake(request.n, tried)) break;
+        await this.room.wait(left, signal);
+        continue;
+      }
       tried.add(slot);
       const run = await this.attempt(slot, request, signal, failures);
       if (run !== undefined) return run;
@@ -156,6 +166,7 @@ export class Router implements ChatEngine {
   async close(): Promise<void> {
     this.checks?.close();
     for (const slot of this.slots) slot.health.close();
+    this.room.wake();
   }
 
   /**
@@ -207,6 +218,11 @@ export class Router implements ChatEngine {
 
   private release(slot: Slot, choices: number): void {
     slot.outstanding -= choices;
+    this.capacityChanged();
+  }
+
+  private capacityChanged(): void {
+    this.room.wake();
     this.hooks.onCapacityChange();
   }
 }
