@@ -33,9 +33,9 @@ export class Balancer {
   /**
    * The best deployment for `n` choices that is not in `tried`, or undefined when none may take it. A deployment takes
    * it when its health admits a request and it has room (`outstanding + n ≤ maxConcurrency`, or it is idle: like
-   * admission, a request larger than a deployment runs alone there). When none has room — possible in the moment
-   * between admission's decision and this one — the least loaded one below its maxConcurrency takes it anyway: the
-   * deployment queues the surplus, which beats failing a request that admission let in.
+   * admission, a request larger than a deployment runs alone there). When none has room for all `n` choices, the least
+   * loaded one below its maxConcurrency takes them anyway (the deployment queues the surplus: better than failing a
+   * request that admission let in); when every one is full, undefined, and the router waits for a slot.
    */
   pick(n: number, key: number | undefined, tried: ReadonlySet<Slot>): Slot | undefined {
     const open = this.slots.filter((slot) => !tried.has(slot) && slot.health.admits() && fitsChoices(slot, n));
