@@ -48,11 +48,13 @@ export async function assembleKiln(models: ModelConfig[], options: AssembleOptio
     log: options.log ?? SILENT_LOG,
     env: options.env ?? process.env,
     llamaEngines: new Map(),
+    upstreamEngines: [],
   };
   const served = new Map<string, ServedModel>();
   const routers: Router[] = [];
   const close = async () => {
     await Promise.allSettled(routers.map((router) => router.close()));
+    await Promise.allSettled(context.upstreamEngines.map((engine) => engine.close()));
     const loaded = await Promise.allSettled(context.llamaEngines.values());
     await Promise.allSettled(loaded.map((result) => (result.status === 'fulfilled' ? result.value.close() : undefined)));
   };

@@ -66,6 +66,8 @@ export interface EngineFactoryContext {
   env: NodeJS.ProcessEnv;
   /** Local engines by file, shared by every id that loads the same GGUF. */
   llamaEngines: Map<string, Promise<ChatEngine>>;
+  /** Every upstream engine made, for closing. */
+  upstreamEngines: ChatEngine[];
 }
 
 export function createEngine(spec: DeploymentSpec, modelId: string, context: EngineFactoryContext): Promise<ChatEngine> {
@@ -79,18 +81,18 @@ export function createEngine(spec: DeploymentSpec, modelId: string, context: Eng
   }
   const { config } = spec;
   const apiKey = apiKeyOf(modelId, spec.name, config, context.env);
-  return Promise.resolve(
-    new UpstreamEngine({
-      name: spec.name,
-      baseUrl: config.url,
-      model: config.model,
-      ...(apiKey !== undefined ? { apiKey } : {}),
-      reasoning: spec.reasoning,
-      maxConcurrency: config.max_concurrency ?? UPSTREAM_DEFAULTS.maxConcurrency,
-      timeouts: upstreamTimeouts(context.policy),
-      log: context.log,
-    }),
-  );
+  const engine = new UpstreamEngine({
+    name: spec.name,
+    baseUrl: config.url,
+    model: config.model,
+    ...(apiKey !== undefined ? { apiKey } : {}),
+    reasoning: spec.reasoning,
+    maxConcurrency: config.max_concurrency ?? UPSTREAM_DEFAULTS.maxConcurrency,
+    timeouts: upstreamTimeouts(context.policy),
+    log: context.log,
+  });
+  context.upstreamEngines.push(engine);
+  return Promise.resolve(engine);
 }
 
 /** The engine serving one model id: its only local engine, or a router over all its deployments. */
