@@ -46,9 +46,9 @@ before(async () => {
         // first id's prefix_affinity (the second id's is ignored).
         { id: 'bal', upstreams: upstreamsOf(replicas, 'bal'), prefix_affinity: false },
         { id: 'aff', upstreams: upstreamsOf(replicas, 'aff'), prefix_affinity: true },
-        // Default max_concurrency (64): the front sends all 50 at once, and each replica queues what its 4 sequences cannot
-        // run yet (upstream-faults.test.ts has the case of deployments filled to their max_concurrency).
-        { id: 'kill', upstreams: upstreamsOf(replicas, 'kill', null), prefix_affinity: false },
+        // max_concurrency 8 on 4 sequences: each replica queues 4 more, the front queues the rest; requests failing over
+        // from the killed replica find the others full and wait for a slot.
+        { id: 'kill', upstreams: upstreamsOf(replicas, 'kill'), prefix_affinity: false },
         { id: 'reasoner', upstreams: [{ url: replicas[0]!.url, model: 'r1', name: 'reasoner-0', api_key_env: KEY_ENV }] },
         { id: 'tools', upstreams: [{ url: replicas[0]!.url, model: 'qwen', name: 'tools-0', api_key_env: KEY_ENV }] },
       ],
