@@ -18,6 +18,8 @@ const upstreamSchema = z.strictObject({
   }),
   /** The model name that server serves. */
   model: z.string().min(1),
+  /** Refused with a message that says where the key goes instead. */
+  api_key: z.never({ error: 'keys never sit in the config file: put the key in an environment variable and name it in api_key_env' }).optional(),
   /** The environment variable holding its API key (keys never sit in the config file). */
   api_key_env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be an environment variable name').optional(),
   /** Share of the load relative to the model's other deployments (default 1). */

@@ -62,7 +62,8 @@ export async function assembleKiln(models: ModelConfig[], options: AssembleOptio
     const created = Math.floor(Date.now() / 1000);
     for (const model of models) {
       const specs = deploymentSpecs(model);
-      const key = JSON.stringify(specs);
+      // Ids share a served model only when everything it is built from agrees (routing and queue settings too).
+      const key = JSON.stringify([specs, model.prefix_affinity, model.queue_depth, model.queue_wait_ms]);
       let entry = served.get(key);
       if (entry === undefined) {
         const holder: { admission?: Admission } = {};

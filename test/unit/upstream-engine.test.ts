@@ -83,6 +83,7 @@ describe('upstream engine: the request it sends', { timeout: 15_000 }, () => {
         min_p: 0.05,
         frequency_penalty: 0.5,
         presence_penalty: 0,
+        thinking_budget: 4096,
         stream: true,
         stream_options: { include_usage: true },
       });

@@ -81,6 +81,8 @@ export function wireBody(request: ChatRequest, settings: WireBodySettings, index
     body.parallel_tool_calls = request.parallelToolCalls;
   }
   if (request.responseFormat.type !== 'text') body.response_format = wireResponseFormat(request.responseFormat);
+  // SiliconFlow's reasoning cap; Kiln and SiliconFlow-compatible servers enforce it, others ignore an unknown field.
+  body.thinking_budget = request.thinkingBudget;
   if (request.enableThinking !== undefined) {
     // vLLM/SGLang/llama-server pass chat_template_kwargs to the template; SiliconFlow and Kiln read the top-level field.
     body.chat_template_kwargs = { enable_thinking: request.enableThinking };
