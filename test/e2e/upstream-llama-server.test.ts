@@ -1,10 +1,24 @@
 /**
- * End to end, tool calls streamed through from llama.cpp's own server: llama-server (`--jinja`, the tiny model's
- * Qwen2.5 tool template) as the upstream of a front Kiln. `tool_choice: "required"` makes llama-server force the call
- * by grammar; the front must stream it as OpenAI `tool_calls` deltas with finish_reason `tool_calls`.
+ * End to end, tool calls streamed through from llama.cpp's own server: llama-server (`--jinja`) as the upstream of a
+ * front Kiln. `tool_choice: "required"` makes llama-server force the call by grammar; the front must stream it as
+ * OpenAI `tool_calls` deltas with finish_reason `tool_calls`, with the name, arguments and any text before the call
+ * exactly as llama-server gives them when asked directly.
  * Needs a llama-server build (see bench/llama-server.ts); skipped with the reason when there is none. Never builds it.
- * Some llama-server builds do not force the call on a random-weight model (their grammar is lazy: it starts only once
- * the model itself writes `<tool_call>` and a newline); the tool-call test asks llama-server directly first and is
+ *
+ * The tiny model's template is Qwen2.5's with one change, and the change is what makes a random-weight model call a
+ * tool: a turn's calls are written as one JSON array inside a single `<tool_call>` … `</tool_call>` block, with no
+ * newline after `<tool_call>`. llama.cpp's template analyser (common/chat-diff-analyzer.cpp) derives the call syntax
+ * from how the template renders calls, and for `tool_choice: "required"` the grammar it builds
+ * (common/chat-auto-parser-generator.cpp) is active from the first token but lets free text come first, up to the
+ * call opener. With Qwen2.5's own template the opener is `<tool_call>` plus a newline: a random model, even one that
+ * favours the `<tool_call>` token (eagerToolCalls), never writes that newline, so it writes text until max_tokens and
+ * llama-server answers with no call. Here the opener is the `<tool_call>` token alone, so once the model writes it
+ * (eagerToolCalls makes it the likeliest token) the grammar forces the JSON of a call to a listed tool; the model
+ * still picks the argument values. And because the calls are one section, closed once, the grammar ends there and
+ * the model must end its turn: finish_reason `tool_calls`. (With a per-call opener the grammar allows one call after
+ * another whatever `parallel_tool_calls` says, and the eager model opens calls until max_tokens.)
+ * This build has no "generic" fallback format any more: a template that does not render tools gets no tool grammar.
+ * Another llama-server build might not force the call: the tool-call test asks llama-server directly first and is
  * skipped, saying so, when llama-server itself gives no call.
  */
 import assert from 'node:assert/strict';
@@ -15,6 +29,7 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import OpenAI from 'openai';
+import { QWEN25_TEMPLATE } from '../../src/gguf/templates.js';
 import { ensureTinyModel } from '../../src/gguf/tiny-model.js';
 import type { KilnProcess } from '../helpers/kiln-process.js';
 import { findLeaks, startFront } from '../helpers/upstream-cluster.js';
@@ -27,6 +42,40 @@ let serverLog = '';
 let port = 0;
 let front: KilnProcess | undefined;
 const FRONT_ID = 'Qwen/Qwen2.5-7B-Instruct';
+
+/** Qwen2.5's way of writing a turn's tool calls: one `<tool_call>` block each, a newline after the opener. */
+const QWEN25_CALLS = `        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}
+                {%- set tool_call = tool_call.function %}
+            {%- endif %}
+            {{- '\\n<tool_call>\\n{"name": "' }}
+            {{- tool_call.name }}
+            {{- '", "arguments": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- '}\\n</tool_call>' }}
+        {%- endfor %}`;
+/** All of a turn's calls as one JSON array in a single `<tool_call>` block, the opener directly followed by it. */
+const ARRAY_CALLS = `        {{- '\\n<tool_call>[' }}
+        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}
+                {%- set tool_call = tool_call.function %}
+            {%- endif %}
+            {%- if not loop.first %}
+                {{- ', ' }}
+            {%- endif %}
+            {{- '{"name": "' + tool_call.name + '", "arguments": ' + (tool_call.arguments | tojson) + '}' }}
+        {%- endfor %}
+        {{- ']</tool_call>' }}`;
+const QWEN25_INSTRUCTION = '<tool_call>\\n{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call>';
+const ARRAY_INSTRUCTION = '<tool_call>[{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}]</tool_call>';
+
+/** Qwen2.5's template with its tool calls written as ARRAY_CALLS (and its system prompt describing them so). */
+function arrayToolCallTemplate(): string {
+  for (const part of [QWEN25_CALLS, QWEN25_INSTRUCTION]) {
+    if (!QWEN25_TEMPLATE.includes(part)) throw new Error(`QWEN25_TEMPLATE no longer contains ${JSON.stringify(part.slice(0, 60))}…: update this test`);
+  }
+  return QWEN25_TEMPLATE.replace(QWEN25_CALLS, ARRAY_CALLS).replace(QWEN25_INSTRUCTION, ARRAY_INSTRUCTION);
+}
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -41,7 +90,7 @@ function freePort(): Promise<number> {
 
 before(async () => {
   if (SKIP) return;
-  const model = await ensureTinyModel({ flavor: 'qwen2.5', eagerToolCalls: true });
+  const model = await ensureTinyModel({ flavor: 'qwen2.5', eagerToolCalls: true, chatTemplate: arrayToolCallTemplate() });
   port = await freePort();
   server = spawn(LLAMA_SERVER, ['-m', model, '--host', '127.0.0.1', '--port', String(port), '-np', '2', '-c', '4096', '-t', '1', '-tb', '1', '--no-webui', '--jinja'], {
     stdio: ['ignore', 'ignore', 'pipe'],
@@ -112,41 +161,102 @@ test('plain chat through llama-server, whole and streamed: the front id, usage, 
   assert.doesNotMatch(JSON.stringify(whole) + raw.join(''), /\.gguf|system_fingerprint":"b\d/);
 });
 
-test('tool_choice "required" through llama-server: tool_calls deltas in the contract shape, finish_reason tool_calls', { skip: SKIP }, async (t) => {
-  const request = { messages: ask, tools, tool_choice: 'required' as const, parallel_tool_calls: false, max_tokens: 200, ...sampling };
-  const direct = await fetch(`http://127.0.0.1:${port}/v1/chat/completions`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ ...request, model: 'tiny-qwen' }),
-  });
-  const directText = await direct.text();
-  const directCalls = direct.status === 200 ? JSON.parse(directText).choices[0].message.tool_calls : undefined;
-  if (!Array.isArray(directCalls) || directCalls.length === 0) {
-    t.skip(`this llama-server build does not force the call on the random-weight model (asked directly: ${direct.status} ${directText.slice(0, 120)}…)`);
+/** What one streamed answer adds up to: its text, its calls (fragments joined), its finish_reason and the deltas. */
+interface Streamed {
+  content: string;
+  calls: Array<{ id?: string; name: string; arguments: string }>;
+  finish: string | null | undefined;
+  deltas: Array<{ index: number; id?: string; type?: string; function?: { name?: string; arguments?: string } }>;
+}
+
+function addUp(chunks: Iterable<{ choices: Array<{ delta: { content?: string | null; tool_calls?: Streamed['deltas'] }; finish_reason?: string | null }> }>): Streamed {
+  const out: Streamed = { content: '', calls: [], finish: undefined, deltas: [] };
+  for (const chunk of chunks) {
+    const choice = chunk.choices[0];
+    if (choice === undefined) continue;
+    out.content += choice.delta.content ?? '';
+    for (const delta of choice.delta.tool_calls ?? []) {
+      out.deltas.push(delta);
+      const call = (out.calls[delta.index] ??= { name: '', arguments: '' });
+      if (delta.id !== undefined) call.id = delta.id;
+      call.name += delta.function?.name ?? '';
+      call.arguments += delta.function?.arguments ?? '';
+    }
+    out.finish = choice.finish_reason ?? out.finish;
+  }
+  return out;
+}
+
+/** Asks llama-server itself, whole and streamed. */
+async function askDirectly(request: object): Promise<{ status: number; text: string; whole?: { content: string | null; calls: Array<{ name: string; arguments: string }>; finish: string }; streamed?: Streamed }> {
+  const post = (body: object) =>
+    fetch(`http://127.0.0.1:${port}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...request, ...body, model: 'tiny-qwen' }) });
+  const direct = await post({});
+  const text = await direct.text();
+  if (direct.status !== 200) return { status: direct.status, text };
+  const choice = JSON.parse(text).choices[0];
+  const calls = (choice.message.tool_calls ?? []).map((call: { function: { name: string; arguments: string } }) => ({ name: call.function.name, arguments: call.function.arguments }));
+  const whole = { content: choice.message.content, calls, finish: choice.finish_reason };
+  const sse = await (await post({ stream: true })).text();
+  const chunks = sse
+    .split('\n')
+    .filter((line) => line.startsWith('data: ') && line !== 'data: [DONE]')
+    .map((line) => JSON.parse(line.slice('data: '.length)));
+  return { status: 200, text, whole, streamed: addUp(chunks) };
+}
+
+test('tool_choice "required" through llama-server: tool_calls deltas in the contract shape, finish_reason tool_calls, the call llama-server made', { skip: SKIP }, async (t) => {
+  // Greedy, so that the front's answer and llama-server's own are the same tokens.
+  const request = { messages: ask, tools, tool_choice: 'required' as const, parallel_tool_calls: false, max_tokens: 400, ...sampling, temperature: 0 };
+  const direct = await askDirectly(request);
+  if (direct.whole === undefined || direct.whole.calls.length === 0) {
+    t.skip(`this llama-server build does not force the call on the random-weight model (asked directly: ${direct.status} ${direct.text.slice(0, 160)}…)`);
     return;
   }
+  // llama-server's own answer, whole and streamed, is the reference: one call to the listed tool, the turn ended by it.
+  assert.equal(direct.whole.finish, 'tool_calls', direct.text.slice(0, 400));
+  assert.equal(direct.whole.calls.length, 1, 'parallel_tool_calls false: one call');
+  assert.equal(direct.whole.calls[0]!.name, 'set_unit');
+  assert.ok(['celsius', 'fahrenheit'].includes(JSON.parse(direct.whole.calls[0]!.arguments).unit), direct.whole.calls[0]!.arguments);
+  assert.deepEqual(direct.streamed!.calls.map(({ name, arguments: args }) => ({ name, arguments: args })), direct.whole.calls, 'llama-server streams the call it answers whole');
+  assert.equal(direct.streamed!.finish, 'tool_calls');
+  const directContent = direct.whole.content ?? '';
+  assert.equal(direct.streamed!.content, directContent);
+
   const client = new OpenAI({ baseURL: `${front!.url}/v1`, apiKey: 'unused', maxRetries: 0 });
   const stream = await client.chat.completions.create({ ...request, model: FRONT_ID, stream: true });
-  const deltas = [];
-  let finish: string | null | undefined;
-  let content = '';
+  const chunks = [];
   for await (const chunk of stream) {
     assert.equal(chunk.object, 'chat.completion.chunk');
     assert.equal(chunk.model, FRONT_ID);
-    for (const delta of chunk.choices[0]?.delta.tool_calls ?? []) deltas.push(delta);
-    content += chunk.choices[0]?.delta.content ?? '';
-    finish = chunk.choices[0]?.finish_reason ?? finish;
+    chunks.push(chunk);
   }
-  assert.equal(finish, 'tool_calls', `content ${JSON.stringify(content)}`);
-  assert.ok(deltas.length >= 1);
-  const [first, ...rest] = deltas;
+  const throughFront = addUp(chunks as Parameters<typeof addUp>[0]);
+  assert.equal(throughFront.finish, 'tool_calls', `content ${JSON.stringify(throughFront.content)}`);
+  assert.ok(throughFront.deltas.length >= 1);
+  const [first, ...rest] = throughFront.deltas;
   assert.equal(first!.index, 0);
   assert.match(first!.id!, /^call_/);
   assert.equal(first!.type, 'function');
   assert.equal(first!.function!.name, 'set_unit');
-  for (const delta of rest) assert.equal(delta.id, undefined, 'only the first delta of a call carries its id');
-  const args = JSON.parse(deltas.filter((delta) => delta.index === 0).map((delta) => delta.function?.arguments ?? '').join(''));
-  assert.deepEqual(args, JSON.parse(directCalls[0].function.arguments));
+  for (const delta of rest) {
+    assert.equal(delta.index, 0, 'one call');
+    assert.equal(delta.id, undefined, 'only the first delta of a call carries its id');
+    assert.equal(delta.function?.name, undefined, 'only the first delta of a call carries its name');
+  }
+  // The same call as llama-server's own, to the byte (its arguments as llama-server wrote them), and the same text before it.
+  assert.deepEqual(throughFront.calls.map(({ name, arguments: args }) => ({ name, arguments: args })), direct.whole.calls);
+  assert.equal(throughFront.content, directContent);
+
+  const whole = await client.chat.completions.create({ ...request, model: FRONT_ID });
+  assert.equal(whole.choices[0]!.finish_reason, 'tool_calls');
+  const message = whole.choices[0]!.message;
+  assert.deepEqual(
+    message.tool_calls!.map((call) => ({ name: call.type === 'function' ? call.function.name : '', arguments: call.type === 'function' ? call.function.arguments : '' })),
+    direct.whole.calls,
+  );
+  assert.match(message.tool_calls![0]!.id, /^call_/);
+  assert.equal(message.content ?? '', directContent);
 });
 
 test('no llama-server address in the front\'s log', { skip: SKIP }, () => {
