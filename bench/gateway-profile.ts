@@ -126,12 +126,12 @@ export function renderSummary(title: string, summary: ProfileSummary, top = 25):
       .slice(0, top)
       .map((f) => `| ${pct(f.selfMs)} | ${pct(f.totalMs)} | ${f.name} | ${f.where} |`),
     '',
-    'By total time (JavaScript frames outside node: internals, above 3%):',
+    "By total time, the gateway's own code (Kiln's dist/, Portkey's build/, the floor), above 2%:",
     '',
     '| total | self | function | where |',
     '| ---: | ---: | --- | --- |',
     ...[...summary.functions]
-      .filter((f) => !f.where.startsWith('node:') && !f.name.startsWith('(') && f.totalMs / summary.busyMs > 0.03)
+      .filter((f) => /^dist\/|@portkey-ai\/|gateway-floor/.test(f.where) && f.totalMs / summary.busyMs > 0.02)
       .sort((a, b) => b.totalMs - a.totalMs)
       .slice(0, top)
       .map((f) => `| ${pct(f.totalMs)} | ${pct(f.selfMs)} | ${f.name} | ${f.where} |`),

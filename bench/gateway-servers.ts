@@ -78,7 +78,9 @@ async function freePort(): Promise<number> {
  */
 export async function startPortkey(nodeFlags: string[] = []): Promise<ServerProcess> {
   const port = await freePort();
-  const child = spawn(process.execPath, [...nodeFlags, join(PORTKEY_PACKAGE, 'build/start-server.js'), `--port=${port}`, '--headless'], {
+  // Under a profiler it must exit, not die, on SIGTERM, or --cpu-prof writes nothing.
+  const exitOnTerm = nodeFlags.length === 0 ? [] : ['--import', `data:text/javascript,process.on('SIGTERM',()=>process.exit(0))`];
+  const child = spawn(process.execPath, [...nodeFlags, ...exitOnTerm, join(PORTKEY_PACKAGE, 'build/start-server.js'), `--port=${port}`, '--headless'], {
     cwd: PORTKEY_DIR,
     env: { ...process.env, NODE_ENV: 'production' },
     stdio: ['ignore', 'pipe', 'pipe'],
