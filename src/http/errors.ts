@@ -43,8 +43,27 @@ export function fromFastify(error: FastifyError | KilnError): KilnError {
   return toKilnError(error);
 }
 
+/** How long a refused upload may go on being read (and discarded) so that its client gets the answer. */
+const LINGER_MS = 2_000;
+
+/**
+ * Closing a connection whose request body is still arriving makes the kernel reset it, and a client still uploading
+ * then sees EPIPE or ECONNRESET instead of the 413 sent to it (flaky under load). Like nginx's lingering close: after
+ * the answer, the rest of the upload is read and discarded for a short while, then the socket is closed.
+ */
+function lingerOnClose(socket: Socket): void {
+  const closing = socket as Socket & { destroySoon?: () => void };
+  closing.destroySoon = () => {
+    socket.end();
+    socket.resume();
+    socket.once('end', () => socket.destroy());
+    setTimeout(() => socket.destroy(), LINGER_MS).unref();
+  };
+}
+
 export function sendError(request: FastifyRequest, reply: FastifyReply, error: KilnError): FastifyReply {
   logFailure(request.log, error);
+  if (error.kind === 'bodyTooLarge' && !request.raw.complete) lingerOnClose(request.raw.socket);
   // Also when a hook failed before the one that sets it.
   reply.header('x-request-id', request.id);
   if (error.retryAfterSeconds !== undefined) reply.header('retry-after', String(error.retryAfterSeconds));

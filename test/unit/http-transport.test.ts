@@ -3,6 +3,8 @@
  * carries the contract's error body; receipt timeouts; no key in any log line; a client gone early is no error.
  */
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { connect } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { chatBody, exchange, openSocket, parseResponse, postRequest, startTestServer, type TestServer } from '../helpers/fake-http.js';
 
@@ -46,6 +48,32 @@ describe('transport errors carry the contract body', () => {
   test('413 for a body over the limit', async () => {
     const response = parseResponse((await exchange(server.port, postRequest(chatBody({ pad: 'x'.repeat(5000) }), { connection: 'close' }))).text);
     assertContract(response, 413, 'request_too_large');
+  });
+
+  test('413 reaches a client that is still uploading: the rest is read and discarded, not reset', async () => {
+    // Half-open: like an HTTP client, it goes on sending after the server's FIN.
+    const socket = connect({ port: server.port, host: '127.0.0.1', allowHalfOpen: true });
+    await once(socket, 'connect');
+    const closed = once(socket, 'close');
+    const total = 4 * 1024 * 1024;
+    const head = `POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: ${total}\r\n\r\n`;
+    let received = '';
+    let failure: Error | undefined;
+    socket.on('data', (data) => (received += data));
+    socket.on('error', (error) => (failure = error));
+    socket.write(head);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.match(received, /^HTTP\/1\.1 413 /, 'the answer comes before the body');
+    // The client goes on uploading after the answer, as HTTP clients do; without the lingering read the kernel
+    // resets the connection under it.
+    const piece = Buffer.alloc(64 * 1024, 'a');
+    for (let sent = 0; sent < total && failure === undefined && !socket.destroyed; sent += piece.length) {
+      if (!socket.write(piece)) await Promise.race([new Promise((resolve) => socket.once('drain', resolve)), closed]);
+    }
+    socket.end();
+    await closed;
+    assert.equal(failure, undefined, `the upload was reset: ${failure?.message}`);
+    assertContract(parseResponse(received), 413, 'request_too_large');
   });
 
   test('417 for an Expect other than 100-continue', async () => {
