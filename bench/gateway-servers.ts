@@ -37,7 +37,7 @@ function stopper(child: ChildProcess): () => Promise<void> {
 }
 
 /**
- * @hono/node-server 1.14 and later hand a proxied response's own (immutable) Headers to Portkey, whose response
+ * @hono/node-server 1.14.2 and 1.19.19 (tried) hand a proxied response's own (immutable) Headers to Portkey, whose response
  * service then appends its x-portkey-* headers and throws `TypeError: immutable`: every streamed chat completion
  * answers 500 "Something went wrong" (Portkey-AI/gateway issues 1389 and 1550). 1.13.8 copies the headers; its
  * websocket companion is pinned to a release that accepts it.
