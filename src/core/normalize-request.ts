@@ -12,7 +12,7 @@ import {
   type ContentWire,
 } from '../protocol/request.js';
 import { REQUEST_DEFAULTS, type ChatMessage, type ChatRequest, type ResponseFormat, type ToolChoice } from './chat-request.js';
-import { requestGrammars } from './grammar/request-grammar.js';
+import { cachedRequestGrammars } from './grammar/request-grammar.js';
 import { checkSchemaBounds, schemaDepthLimit } from './grammar/schema-bounds.js';
 import { checkArgumentsDepth, checkCounts, checkTextBytes, REQUEST_LIMIT_DEFAULTS, type RequestLimits } from './request-limits.js';
 
@@ -83,7 +83,7 @@ export function normalizeChatRequest(body: unknown, options: NormalizeOptions): 
     responseFormat,
     tools,
     toolChoice,
-    grammars: requestGrammars({ tools, toolChoice, responseFormat, parallelToolCalls }),
+    grammars: cachedRequestGrammars({ tools, toolChoice, responseFormat, parallelToolCalls }),
     parallelToolCalls,
     enableThinking: wire.enable_thinking ?? undefined,
     thinkingBudget: wire.thinking_budget ?? REQUEST_DEFAULTS.thinkingBudget,

@@ -3,7 +3,7 @@
  * engine output into a whole response or a stream of chunks. Everything that can fail with a status code fails
  * before `create` returns; a stream can then only fail mid-way (the transport reports that in-band).
  */
-import { randomBytes } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { isProModel, offeredTools, type ChatRequest } from '../core/chat-request.js';
 import type { EngineDescription, EngineRun } from '../core/engine.js';
 import { mergeIterators } from '../core/merge-iterators.js';
@@ -82,7 +82,8 @@ export class ChatService {
       log.info({ completion: record }, 'completion');
       this.options.onCompletion?.(record);
     };
-    const meta = { id: randomBytes(16).toString('hex'), created: Math.floor(Date.now() / 1000), model: request.model };
+    // randomUUID draws from a cached entropy pool; randomBytes costs a call into the system's RNG per request.
+    const meta = { id: randomUUID().replaceAll('-', ''), created: Math.floor(Date.now() / 1000), model: request.model };
     if (request.stream) return { kind: 'stream', chunks: this.streamChunks(request, run, meta, signal, tally, ended) };
     let failure: unknown;
     try {

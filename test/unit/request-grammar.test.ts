@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { ChatRequest } from '../../src/core/chat-request.js';
-import { requestGrammars } from '../../src/core/grammar/request-grammar.js';
+import { cachedRequestGrammars, requestGrammars } from '../../src/core/grammar/request-grammar.js';
 import { KilnError } from '../../src/errors/catalog.js';
 
 type GrammarRequest = Pick<ChatRequest, 'tools' | 'toolChoice' | 'responseFormat' | 'parallelToolCalls'>;
@@ -63,5 +63,19 @@ test('the grammar size budget covers all tools of a request together, whatever t
       () => requestGrammars({ ...base, tools: [big('a'), big('b'), big('c')], toolChoice }),
       (error: unknown) => error instanceof KilnError && error.param === 'tools[2].function.parameters' && /grows too large/.test(error.message),
     );
+  }
+});
+
+test('grammars are remembered by tools and format; a refused schema is refused every time', () => {
+  const tool = { name: 'get_weather', parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } };
+  const request = { ...base, tools: [tool], toolChoice: { type: 'auto' as const } };
+  const first = cachedRequestGrammars(request);
+  assert.ok(first.toolCallBody !== undefined);
+  assert.equal(cachedRequestGrammars(structuredClone(request)), first, 'the same tools sent again hit the cache');
+  assert.notEqual(cachedRequestGrammars({ ...request, parallelToolCalls: !request.parallelToolCalls }), first);
+  assert.deepEqual(cachedRequestGrammars({ ...base, tools: [], toolChoice: { type: 'none' } }), {});
+  const refused = { ...base, responseFormat: { type: 'json_schema' as const, name: 'x', strict: true, schema: { type: 'string', pattern: '^a+$' } } };
+  for (let attempt = 0; attempt < 2; attempt++) {
+    assert.throws(() => cachedRequestGrammars(refused), (error: unknown) => error instanceof KilnError && error.param === 'response_format.json_schema.schema');
   }
 });

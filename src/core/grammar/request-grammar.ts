@@ -22,7 +22,44 @@ export const MAX_PARALLEL_TOOL_CALLS = 8;
 
 const NO_PARAMETERS = { type: 'object', properties: {} };
 
-export function requestGrammars(request: Pick<ChatRequest, 'tools' | 'toolChoice' | 'responseFormat' | 'parallelToolCalls'>): RequestGrammars {
+/** Grammars kept for requests that repeat their tools and format (most clients send the same ones every time). */
+const CACHE_ENTRIES = 64;
+/** ...and at most this much key and grammar text among them. */
+const CACHE_CHARS = 4_000_000;
+const cache = new Map<string, { grammars: RequestGrammars; chars: number }>();
+let cacheChars = 0;
+
+/**
+ * requestGrammars, remembered by the request's tools, tool choice and format: building them walks every schema, a
+ * real share of a request's CPU when Kiln only forwards it upstream. Only successes are kept; a refusal is rebuilt
+ * (and so reported) each time.
+ */
+export function cachedRequestGrammars(request: GrammarInputs): RequestGrammars {
+  if (request.tools.length === 0 && request.responseFormat.type === 'text') return {};
+  const key = JSON.stringify([request.tools, request.toolChoice, request.responseFormat, request.parallelToolCalls]);
+  const hit = cache.get(key);
+  if (hit !== undefined) {
+    cache.delete(key); // re-inserted: most recently used last
+    cache.set(key, hit);
+    return hit.grammars;
+  }
+  // Frozen: one object is handed to every request with these tools.
+  const grammars = Object.freeze(requestGrammars(request));
+  const chars = key.length + (grammars.answer?.length ?? 0) + (grammars.toolCallBody?.length ?? 0);
+  if (chars > CACHE_CHARS) return grammars;
+  cache.set(key, { grammars, chars });
+  cacheChars += chars;
+  for (const [oldest, entry] of cache) {
+    if (cache.size <= CACHE_ENTRIES && cacheChars <= CACHE_CHARS) break;
+    cache.delete(oldest);
+    cacheChars -= entry.chars;
+  }
+  return grammars;
+}
+
+type GrammarInputs = Pick<ChatRequest, 'tools' | 'toolChoice' | 'responseFormat' | 'parallelToolCalls'>;
+
+export function requestGrammars(request: GrammarInputs): RequestGrammars {
   const tools = offeredTools(request);
   const offered = request.toolChoice.type === 'function' ? tools.filter((tool) => tool.name === (request.toolChoice as { name: string }).name) : tools;
   // Every tool's parameters must be usable, even when this request does not let the model call it; the offered ones

@@ -4,7 +4,7 @@
  * reason and token counts. Engines feed it raw decoded text in whatever pieces they have; what comes out does not
  * depend on how the text was split (test/unit/choice-processor.test.ts feeds it whole, per piece and per character).
  */
-import { randomBytes } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import type { FinishReason } from '../../protocol/response.js';
 import type { EngineEvent } from '../engine.js';
 import { MarkerScanner } from './marker-scanner.js';
@@ -266,5 +266,5 @@ export class ChoicePostProcessor {
 }
 
 function newCallId(): string {
-  return `call_${randomBytes(12).toString('hex')}`;
+  return `call_${randomUUID().replaceAll('-', '').slice(0, 24)}`;
 }
