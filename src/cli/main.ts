@@ -11,6 +11,9 @@ import { buildHttpServer, createLogger } from '../http/server.js';
 import { closeGracefully } from '../http/shutdown.js';
 import type { ApiKey } from '../http/auth.js';
 import { assembleKiln } from '../service/assemble.js';
+import { modelsDirectory } from '../models/hub-source.js';
+import { PullError, pullModel } from '../models/pull.js';
+import { formatBytes, progressFor } from '../models/progress.js';
 
 const DEFAULT_DRAIN_TIMEOUT_MS = 30_000;
 /** Past the drain deadline, how long closing connections and engines may take before the process exits anyway. */
@@ -19,6 +22,9 @@ const SHUTDOWN_BACKSTOP_MS = 10_000;
 const USAGE = `Usage:
   kiln serve [--config kiln.yaml | --model file.gguf [--model-id id] | --upstream URL ... --model-id id] [options]
   kiln demo  [--port 8000]        serve a generated random-weight model and show one completion
+  kiln pull  <hf:owner/repo/path/file.gguf | https://…/file.gguf | model id [--config kiln.yaml]>
+                                  download a GGUF into the model cache (models_dir, else $KILN_MODELS_DIR, else
+                                  ~/.cache/kiln/models), resuming and verifying it; HF_ENDPOINT, HF_TOKEN are honoured
 
 Options:
   --config <file>        YAML config (see examples/kiln.yaml)
@@ -79,6 +85,7 @@ export async function main(argv: string[]): Promise<void> {
   try {
     if (command === 'serve') await serve(flags);
     else if (command === 'demo') await demo(flags);
+    else if (command === 'pull') await pull(flags, positionals.slice(1));
     else fail(`unknown command '${command}'`);
   } catch (error) {
     if (error instanceof ConfigError) fail(error.message);
@@ -105,7 +112,8 @@ async function resolveConfig(flags: Flags): Promise<FileConfig> {
   if (flags.config !== undefined) return loadConfigFile(flags.config);
   if (flags.upstream !== undefined) return upstreamConfig(flags, flags.upstream);
   if (flags.model === undefined) throw new ConfigError('nothing to serve: give --config <file.yaml>, --model <file.gguf> or --upstream <url> (or try `kiln demo`)');
-  const model: ModelConfig = { id: flags['model-id'] ?? basename(flags.model).replace(/\.gguf$/i, ''), file: flags.model };
+  // One model named on the command line is what the server is for: loaded at start and kept, as llama-server does.
+  const model: ModelConfig = { id: flags['model-id'] ?? basename(flags.model).replace(/\.gguf$/i, ''), file: flags.model, preload: true, keep_alive: -1 };
   const parallel = integerFlag(flags, 'parallel');
   const contextSize = integerFlag(flags, 'context-size');
   const threads = integerFlag(flags, 'threads');
@@ -162,6 +170,7 @@ async function serve(flags: Flags, configOverride?: FileConfig): Promise<{ url: 
     ...(config.server?.max_choices !== undefined ? { maxChoices: config.server.max_choices } : {}),
     ...(config.server?.limits !== undefined ? { limits: config.server.limits } : {}),
     ...(config.server?.upstream !== undefined ? { upstream: config.server.upstream } : {}),
+    ...(config.server?.keep_alive !== undefined ? { keepAlive: config.server.keep_alive } : {}),
   });
   const server = config.server ?? {};
   const app = buildHttpServer({
@@ -216,7 +225,7 @@ async function demo(flags: Flags): Promise<void> {
   process.stdout.write('Generating a tiny RANDOM-WEIGHT model (it answers gibberish; it proves the pipeline, not the model)...\n');
   const file = await ensureTinyModel();
   const id = 'kiln-demo-random';
-  const { url, apiKeys } = await serve({ ...flags, 'log-level': flags['log-level'] ?? 'warn' }, { models: [{ id, file }] });
+  const { url, apiKeys } = await serve({ ...flags, 'log-level': flags['log-level'] ?? 'warn' }, { models: [{ id, file, preload: true, keep_alive: -1 }] });
   const body = { model: id, messages: [{ role: 'user', content: 'Hello, Kiln!' }], max_tokens: 32 };
   const headers: Record<string, string> = { 'content-type': 'application/json' };
   if (apiKeys[0] !== undefined) headers.authorization = `Bearer ${apiKeys[0].key}`;
@@ -228,4 +237,30 @@ async function demo(flags: Flags): Promise<void> {
       `  curl ${url}/v1/chat/completions -H 'content-type: application/json' -d '{"model":"${id}","messages":[{"role":"user","content":"Hi"}],"stream":true}'\n` +
       `To serve a real model instead: npx kiln serve --model /path/to/model.gguf\n`,
   );
+}
+
+/** `kiln pull <source | configured id>`: download into the model cache; exits 1 with the reason when it cannot. */
+async function pull(flags: Flags, targets: string[]): Promise<void> {
+  if (targets.length !== 1) throw new ConfigError('kiln pull takes one hf:owner/repo/file.gguf source, URL or configured model id');
+  const target = targets[0]!;
+  const config = flags.config !== undefined ? await loadConfigFile(flags.config) : undefined;
+  let source = target;
+  let dest: string | undefined;
+  if (!/^(hf:|https?:\/\/)/.test(target)) {
+    if (config === undefined) throw new ConfigError(`'${target}' is not hf:owner/repo/file.gguf or a URL; to pull a configured model id, give --config`);
+    const model = config.models.find((entry) => entry.id === target);
+    if (model === undefined) throw new ConfigError(`no model '${target}' in ${flags.config}`);
+    if (model.source === undefined) throw new ConfigError(`model '${target}' has no 'source' to pull from`);
+    source = model.source;
+    dest = model.file;
+  }
+  try {
+    const result = await pullModel(source, { modelsDir: modelsDirectory(config?.models_dir), dest, progress: progressFor(process.stderr) });
+    const how = result.alreadyPresent ? 'already present' : `downloaded ${formatBytes(result.bytesReceived)} in ${result.seconds.toFixed(1)} s`;
+    process.stdout.write(`${result.path}\n${how}, ${formatBytes(result.size)}${result.verified ? ', sha256 verified' : ''}\n`);
+  } catch (error) {
+    if (!(error instanceof PullError)) throw error;
+    process.stderr.write(`kiln pull: ${error.message}\n`);
+    process.exit(1);
+  }
 }

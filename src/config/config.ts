@@ -10,6 +10,24 @@ import { formatPath } from '../core/normalize-request.js';
 /** How a model's weights are loaded: `memory` reads them into Kiln's own memory, `mmap` maps the file. */
 export const LOAD_MODES = ['memory', 'mmap'] as const;
 
+/**
+ * How long an idle model stays loaded, the way Ollama's keep_alive reads: seconds as a number, or a duration string
+ * ("300ms", "30s", "5m", "1h"); -1 keeps it loaded, 0 unloads it as soon as its last request ends.
+ */
+const keepAliveSchema = z.union([
+  z.number().min(-1),
+  z.string().regex(/^(-1|\d+(\.\d+)?(ms|s|m|h)?)$/, 'must be seconds, a duration like "5m", "30s" or "1h", 0 or -1'),
+]);
+
+/** keep_alive in milliseconds (-1: never unload). */
+export function keepAliveMs(value: z.infer<typeof keepAliveSchema>): number {
+  if (typeof value === 'number') return value < 0 ? -1 : Math.round(value * 1000);
+  if (value === '-1') return -1;
+  const match = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(value)!;
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[match[2] ?? 's'] ?? 1000;
+  return Math.round(Number(match[1]) * unit);
+}
+
 /** One OpenAI-compatible server that serves a model (vLLM, SGLang, llama-server, Ollama's /v1, TGI, another Kiln). */
 const upstreamSchema = z.strictObject({
   /** Its OpenAI base URL, e.g. `http://gpu-node:8000/v1` (Kiln posts to `<url>/chat/completions`). Never logged. */
@@ -58,6 +76,19 @@ const modelSchema = z.strictObject({
   id: z.string().min(1),
   /** A local GGUF file served in-process (llama.cpp). */
   file: z.string().min(1).optional(),
+  /**
+   * Where `kiln pull <id>` downloads the GGUF from: `hf:owner/repo/path/file.gguf` (`hf:owner/repo@revision/…` for
+   * another revision than main) or an http(s) URL. Without `file`, the model's file is the source's path in the model
+   * cache (src/models/hub-source.ts, modelFilePath).
+   */
+  source: z
+    .string()
+    .regex(/^(hf:[^/\s]+\/[^/\s]+\/\S+|https?:\/\/\S+)$/, 'must be hf:owner/repo/path/file.gguf or an http(s) URL')
+    .optional(),
+  /** Idle time before the local model unloads (default: server.keep_alive, else 5 minutes). */
+  keep_alive: keepAliveSchema.optional(),
+  /** Load the local model at start instead of on its first request (default false). */
+  preload: z.boolean().optional(),
   /** OpenAI-compatible servers that serve this id; with `file`, the local engine is one more deployment. */
   upstreams: z.array(upstreamSchema).min(1).max(256).optional(),
   /**
@@ -83,12 +114,16 @@ const modelSchema = z.strictObject({
 });
 
 const configSchema = z.strictObject({
+  /** The model cache `kiln pull` downloads into (default: $KILN_MODELS_DIR, else ~/.cache/kiln/models). */
+  models_dir: z.string().min(1).optional(),
   server: z
     .strictObject({
       host: z.string().min(1).optional(),
       port: z.int().min(0).max(65535).optional(),
       /** A plain key may use every model; `{key, tier: free}` may not use `Pro/` ids (403). */
       api_keys: z.array(z.union([z.string().min(1), z.strictObject({ key: z.string().min(1), tier: z.enum(['free', 'pro']) })])).optional(),
+      /** Idle time before a local model unloads, for models that set none (default 5 minutes, like Ollama). */
+      keep_alive: keepAliveSchema.optional(),
       /** A request still generating after this long ends with 504 (in-band when streaming). */
       request_timeout_ms: z.int().min(1).optional(),
       max_choices: z.int().min(1).max(64).optional(),
@@ -124,6 +159,7 @@ const configSchema = z.strictObject({
 
 export type ModelConfig = z.infer<typeof modelSchema>;
 export type UpstreamConfig = z.infer<typeof upstreamSchema>;
+export type KeepAliveConfig = z.infer<typeof keepAliveSchema>;
 export type UpstreamPolicyConfig = z.infer<typeof upstreamPolicySchema>;
 export type LimitsConfig = NonNullable<NonNullable<z.infer<typeof configSchema>['server']>['limits']>;
 export type FileConfig = z.infer<typeof configSchema>;
@@ -156,11 +192,14 @@ export function validateConfig(document: unknown, baseDir: string, source: strin
   config.models.forEach((model, index) => {
     if (ids.has(model.id)) throw new ConfigError(`${source}: invalid field 'models[${index}].id': '${model.id}' is listed twice`);
     ids.add(model.id);
-    if (model.file === undefined && model.upstreams === undefined) {
-      throw new ConfigError(`${source}: invalid field 'models[${index}].file': is required unless 'upstreams' lists servers that serve the model`);
+    if (model.file === undefined && model.source === undefined && model.upstreams === undefined) {
+      throw new ConfigError(
+        `${source}: invalid field 'models[${index}].file': is required unless 'source' names where to pull it from or 'upstreams' lists servers that serve the model`,
+      );
     }
     if (model.file !== undefined) model.file = resolve(baseDir, model.file);
   });
+  if (config.models_dir !== undefined) config.models_dir = resolve(baseDir, config.models_dir);
   return config;
 }
 

@@ -3,7 +3,7 @@
  * through the engine factory, one engine per distinct GGUF file shared by every id that points at it, and one
  * admission queue per distinct list of deployments (so that `X` and `Pro/X` share it, and `Pro/` goes first).
  */
-import { ConfigError, type LimitsConfig, type ModelConfig, type UpstreamPolicyConfig } from '../config/config.js';
+import { ConfigError, keepAliveMs, type KeepAliveConfig, type LimitsConfig, type ModelConfig, type UpstreamPolicyConfig } from '../config/config.js';
 import { SILENT_LOG, type Log } from '../core/log.js';
 import type { LlamaEngineSettings } from '../engines/llama/llama-engine.js';
 import type { RequestLimits } from '../core/request-limits.js';
@@ -20,10 +20,13 @@ export const MODEL_DEFAULTS = {
   queueDepth: 64,
   queueWaitMs: 60_000,
   maxChoices: 8,
+  keepAliveMs: 5 * 60_000,
+  /** After a failed load, how long requests are answered 503 before the next try. */
+  retryFailedLoadAfterMs: 30_000,
 } as const;
 
 /** Settings that belong to the loaded file, not the id: ids sharing a file must agree on them. */
-const ENGINE_FIELDS = ['parallel', 'context_size', 'threads', 'batch_size', 'queue_depth', 'queue_wait_ms', 'reasoning', 'flash_attention', 'load'] as const;
+const ENGINE_FIELDS = ['parallel', 'context_size', 'threads', 'batch_size', 'queue_depth', 'queue_wait_ms', 'reasoning', 'flash_attention', 'load', 'keep_alive', 'preload'] as const;
 
 export interface Kiln {
   service: ChatService;
@@ -35,6 +38,8 @@ export interface AssembleOptions {
   maxChoices?: number;
   limits?: LimitsConfig;
   upstream?: UpstreamPolicyConfig;
+  /** Server-wide keep_alive for local models that set none. */
+  keepAlive?: KeepAliveConfig;
   log?: Log;
   /** Where upstream API keys are read (default process.env). */
   env?: NodeJS.ProcessEnv;
@@ -55,13 +60,12 @@ export async function assembleKiln(models: ModelConfig[], options: AssembleOptio
   const close = async () => {
     await Promise.allSettled(routers.map((router) => router.close()));
     await Promise.allSettled(context.upstreamEngines.map((engine) => engine.close()));
-    const loaded = await Promise.allSettled(context.llamaEngines.values());
-    await Promise.allSettled(loaded.map((result) => (result.status === 'fulfilled' ? result.value.close() : undefined)));
+    await Promise.allSettled([...context.llamaEngines.values()].map((engine) => engine.close()));
   };
   try {
     const created = Math.floor(Date.now() / 1000);
     for (const model of models) {
-      const specs = deploymentSpecs(model);
+      const specs = deploymentSpecs(model, options.keepAlive);
       // Ids share a served model only when everything it is built from agrees (routing and queue settings too).
       const key = JSON.stringify([specs, model.prefix_affinity, model.queue_depth, model.queue_wait_ms]);
       let entry = served.get(key);
@@ -78,6 +82,9 @@ export async function assembleKiln(models: ModelConfig[], options: AssembleOptio
       }
       registry.add({ id: model.id, served: entry, ownedBy: model.owned_by ?? 'kiln', created });
     }
+    // Models marked preload load now, together; the others on their first request.
+    const preloads = models.filter((model) => model.preload === true && model.file !== undefined).map((model) => context.llamaEngines.get(model.file!)!);
+    await Promise.all([...new Set(preloads)].map((engine) => engine.preload()));
   } catch (error) {
     await close();
     throw error;
@@ -109,9 +116,20 @@ function checkSharedFiles(models: ModelConfig[]): void {
 }
 
 /** A model's deployments in config order: its local file first, then its upstreams. */
-function deploymentSpecs(model: ModelConfig): DeploymentSpec[] {
+function deploymentSpecs(model: ModelConfig, serverKeepAlive: KeepAliveConfig | undefined): DeploymentSpec[] {
   const specs: DeploymentSpec[] = [];
-  if (model.file !== undefined) specs.push({ kind: 'llama', settings: engineSettings(model, model.file) });
+  if (model.file !== undefined) {
+    const keepAlive = model.keep_alive ?? serverKeepAlive;
+    const lifecycle = {
+      keepAliveMs: keepAlive === undefined ? MODEL_DEFAULTS.keepAliveMs : keepAliveMs(keepAlive),
+      loadWaitMs: model.queue_wait_ms ?? MODEL_DEFAULTS.queueWaitMs,
+      retryFailedAfterMs: MODEL_DEFAULTS.retryFailedLoadAfterMs,
+    };
+    specs.push({ kind: 'llama', settings: engineSettings(model, model.file), lifecycle });
+  }
+  if (model.file === undefined && model.upstreams === undefined) {
+    throw new ConfigError(`model '${model.id}': no file to serve yet (its source must be pulled first: kiln pull ${model.id})`);
+  }
   model.upstreams?.forEach((config, index) => {
     specs.push({ kind: 'upstream', name: config.name ?? `${model.id}#${index}`, config, reasoning: model.reasoning ?? 'auto' });
   });

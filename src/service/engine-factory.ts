@@ -3,15 +3,17 @@
  * `kind: upstream` (an OpenAI-compatible server). A model id with one local deployment is served by its engine
  * directly; any other list goes behind a router (balancing, health, failover).
  */
+import { basename } from 'node:path';
 import { ConfigError, type ModelConfig, type UpstreamConfig, type UpstreamPolicyConfig } from '../config/config.js';
 import type { ChatEngine } from '../core/engine.js';
 import type { Log } from '../core/log.js';
 import { LlamaEngine, type LlamaEngineSettings } from '../engines/llama/llama-engine.js';
 import { UpstreamEngine, type UpstreamTimeouts } from '../engines/upstream/upstream-engine.js';
+import { ManagedEngine, type LifecycleSettings } from './model-lifecycle.js';
 import { Router, type Deployment, type RoutingPolicy } from './routing/router.js';
 
 export type DeploymentSpec =
-  | { kind: 'llama'; settings: LlamaEngineSettings }
+  | { kind: 'llama'; settings: LlamaEngineSettings; lifecycle: LifecycleSettings }
   | { kind: 'upstream'; name: string; config: UpstreamConfig; reasoning: 'auto' | 'on' | 'off' };
 
 export const UPSTREAM_DEFAULTS = {
@@ -64,8 +66,8 @@ export interface EngineFactoryContext {
   policy: UpstreamPolicyConfig;
   log: Log;
   env: NodeJS.ProcessEnv;
-  /** Local engines by file, shared by every id that loads the same GGUF. */
-  llamaEngines: Map<string, Promise<ChatEngine>>;
+  /** Local engines by file, shared by every id that loads the same GGUF; each loads on demand. */
+  llamaEngines: Map<string, ManagedEngine>;
   /** Every upstream engine made, for closing. */
   upstreamEngines: ChatEngine[];
 }
@@ -74,10 +76,15 @@ export function createEngine(spec: DeploymentSpec, modelId: string, context: Eng
   if (spec.kind === 'llama') {
     let engine = context.llamaEngines.get(spec.settings.file);
     if (engine === undefined) {
-      engine = LlamaEngine.load(spec.settings);
-      context.llamaEngines.set(spec.settings.file, engine);
+      const { settings } = spec;
+      const expected = {
+        description: { name: `llama.cpp:${basename(settings.file)}`, supportsImages: false, maxChoices: settings.parallel, maxChoicesReason: "its 'parallel' setting" },
+        capacity: settings.parallel,
+      };
+      engine = new ManagedEngine(basename(settings.file), () => LlamaEngine.load(settings), expected, spec.lifecycle, context.log);
+      context.llamaEngines.set(settings.file, engine);
     }
-    return engine;
+    return Promise.resolve(engine);
   }
   const { config } = spec;
   const apiKey = apiKeyOf(modelId, spec.name, config, context.env);

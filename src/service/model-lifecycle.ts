@@ -1,0 +1,274 @@
+/**
+ * One loadable model's state machine — unloaded → loading → ready → draining → unloaded — owned here and nowhere else.
+ * A model loads on its first request (concurrent first requests share the one load and wait for it within the
+ * queue's deadline, which counts in their time to first token), and unloads after `keep_alive` of idleness. Every
+ * request holds the model from its start until its run is disposed, so an unload never cuts one short: a model is
+ * only unloaded with no holder, and a request that arrives while it drains waits and loads it again.
+ *
+ * A model that fails to load (a corrupt file, an unsupported architecture) answers 503 with the reason and is tried
+ * again after a pause, not on every request.
+ */
+import type { ChatRequest } from '../core/chat-request.js';
+import type { ChatEngine, EngineDescription, EngineEvent, EngineRun, ReasoningMode } from '../core/engine.js';
+import type { Log } from '../core/log.js';
+import { KilnError } from '../errors/catalog.js';
+
+export type ModelState = 'unloaded' | 'loading' | 'ready' | 'draining';
+
+export interface LifecycleSettings {
+  /** Idle time before unloading: -1 never, 0 right after the last request ends. */
+  keepAliveMs: number;
+  /** Longest wait for a load before 503 (the admission queue's deadline). */
+  loadWaitMs: number;
+  /** After a failed load, requests are answered 503 for this long before the next try. */
+  retryFailedAfterMs: number;
+}
+
+/** What is known of the engine before it is loaded: enough for admission and request checks. */
+export interface ExpectedEngine {
+  description: EngineDescription;
+  capacity: number;
+}
+
+export class ManagedEngine implements ChatEngine {
+  private engine: ChatEngine | undefined;
+  private loading: Promise<ChatEngine> | undefined;
+  private draining: Promise<void> | undefined;
+  private holders = 0;
+  private idleTimer: NodeJS.Timeout | undefined;
+  private failure: { error: unknown; until: number } | undefined;
+  private lastUsed = Date.now();
+  private closed = false;
+
+  constructor(
+    /** How logs name it (the model's file name or id). */
+    private readonly name: string,
+    private readonly load: () => Promise<ChatEngine>,
+    private readonly expected: ExpectedEngine,
+    private readonly settings: LifecycleSettings,
+    private readonly log: Log,
+  ) {}
+
+  get state(): ModelState {
+    if (this.draining !== undefined) return 'draining';
+    if (this.engine !== undefined) return 'ready';
+    return this.loading !== undefined ? 'loading' : 'unloaded';
+  }
+
+  /** Requests holding the model now. */
+  get holding(): number {
+    return this.holders;
+  }
+
+  /** Milliseconds since the model last finished a request (0 while one runs). */
+  get idleMs(): number {
+    return this.holders > 0 ? 0 : Date.now() - this.lastUsed;
+  }
+
+  get description(): EngineDescription {
+    return this.engine?.description ?? this.expected.description;
+  }
+
+  capacity(): number {
+    return this.engine?.capacity() ?? this.expected.capacity;
+  }
+
+  unavailable(): KilnError | undefined {
+    if (this.failure === undefined) return undefined;
+    const left = this.failure.until - Date.now();
+    if (left <= 0) return undefined;
+    return this.failedError(Math.ceil(left / 1000));
+  }
+
+  /** Loads the model now (`preload`); a failure is logged and answered to requests as usual. */
+  preload(): Promise<void> {
+    return this.ready(new AbortController().signal).then(
+      () => undefined,
+      () => undefined,
+    );
+  }
+
+  async start(request: ChatRequest, signal: AbortSignal): Promise<EngineRun> {
+    this.hold();
+    let run: EngineRun;
+    try {
+      const engine = await this.ready(signal);
+      run = await engine.start(request, signal);
+    } catch (error) {
+      this.release();
+      throw error;
+    }
+    return new HeldRun(run, () => this.release());
+  }
+
+  async probe(signal: AbortSignal): Promise<void> {
+    await this.engine?.probe?.(signal);
+  }
+
+  /** Unloads whatever holds it: shutdown, after the HTTP layer ended every request. */
+  async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.idleTimer);
+    const engine = this.engine ?? (await this.loading?.catch(() => undefined));
+    this.engine = undefined;
+    await this.draining;
+    await engine?.close();
+  }
+
+  private hold(): void {
+    this.holders++;
+    clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+  }
+
+  private release(): void {
+    this.holders--;
+    this.lastUsed = Date.now();
+    if (this.holders > 0 || this.closed || this.settings.keepAliveMs < 0) return;
+    this.idleTimer = setTimeout(() => void this.unload(), this.settings.keepAliveMs);
+    this.idleTimer.unref();
+  }
+
+  /** The loaded engine: the one in memory, the load under way, or a new load (after any unload finished). */
+  private async ready(signal: AbortSignal): Promise<ChatEngine> {
+    if (this.closed) throw new KilnError('shuttingDown');
+    if (this.engine !== undefined && this.draining === undefined) return this.engine;
+    const failed = this.unavailable();
+    if (failed !== undefined) throw failed;
+    if (this.loading === undefined) this.loading = this.startLoad();
+    return this.waitFor(this.loading, signal);
+  }
+
+  private async startLoad(): Promise<ChatEngine> {
+    await this.draining;
+    const began = performance.now();
+    this.log.info({ model: this.name }, 'model loading');
+    try {
+      const engine = await this.load();
+      this.engine = engine;
+      this.failure = undefined;
+      this.log.info({ model: this.name, loadMs: Math.round(performance.now() - began) }, 'model loaded');
+      return engine;
+    } catch (error) {
+      this.failure = { error, until: Date.now() + this.settings.retryFailedAfterMs };
+      this.log.error({ model: this.name, reason: reasonOf(error) }, 'model failed to load');
+      throw this.failedError(Math.ceil(this.settings.retryFailedAfterMs / 1000));
+    } finally {
+      this.loading = undefined;
+    }
+  }
+
+  /** Waits for the load within the queue's deadline; the load itself goes on for the requests that come later. */
+  private waitFor(load: Promise<ChatEngine>, signal: AbortSignal): Promise<ChatEngine> {
+    signal.throwIfAborted();
+    return new Promise<ChatEngine>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        cleanup();
+        reject(new KilnError('modelOverloaded', {
+          message: `Model '${this.name}' is still loading. Please retry shortly.`,
+          retryAfterSeconds: Math.max(1, Math.ceil(this.settings.loadWaitMs / 1000)),
+        }));
+      }, this.settings.loadWaitMs);
+      const onAbort = () => {
+        cleanup();
+        reject(signal.reason);
+      };
+      const cleanup = () => {
+        clearTimeout(timer);
+        signal.removeEventListener('abort', onAbort);
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      load.then(
+        (engine) => (cleanup(), resolve(engine)),
+        (error: unknown) => (cleanup(), reject(error)),
+      );
+    });
+  }
+
+  private async unload(): Promise<void> {
+    this.idleTimer = undefined;
+    const engine = this.engine;
+    if (engine === undefined || this.holders > 0 || this.draining !== undefined) return;
+    const idleMs = Date.now() - this.lastUsed;
+    this.draining = (async () => {
+      this.engine = undefined;
+      const began = performance.now();
+      try {
+        await engine.close();
+        this.log.info({ model: this.name, idleMs, unloadMs: Math.round(performance.now() - began) }, 'model unloaded');
+      } catch (error) {
+        this.log.error({ model: this.name, reason: reasonOf(error) }, 'model failed to unload');
+      }
+    })();
+    await this.draining;
+    this.draining = undefined;
+  }
+
+  private failedError(retryAfterSeconds: number): KilnError {
+    return new KilnError('modelUnavailable', {
+      message: `Model '${this.name}' could not be loaded: ${reasonOf(this.failure?.error)}. It will be tried again in ${retryAfterSeconds} s.`,
+      retryAfterSeconds,
+    });
+  }
+}
+
+function reasonOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/**
+ * A run that releases its hold on the model once it is disposed and every choice it started has ended (a request that
+ * failed early is disposed while its other choices may still be finishing: the model must not unload under them).
+ */
+class HeldRun implements EngineRun {
+  private disposed = false;
+  private running = 0;
+  private released = false;
+
+  constructor(
+    private readonly inner: EngineRun,
+    private readonly onRelease: () => void,
+  ) {}
+
+  get promptTokens(): number {
+    return this.inner.promptTokens;
+  }
+
+  get cachedTokens(): number {
+    return this.inner.cachedTokens;
+  }
+
+  get reasoning(): ReasoningMode {
+    return this.inner.reasoning;
+  }
+
+  get maxTokens(): number {
+    return this.inner.maxTokens;
+  }
+
+  get deployment(): string | undefined {
+    return this.inner.deployment;
+  }
+
+  async *choice(index: number): AsyncGenerator<EngineEvent, void, undefined> {
+    this.running++;
+    try {
+      yield* this.inner.choice(index);
+    } finally {
+      this.running--;
+      this.releaseWhenDone();
+    }
+  }
+
+  dispose(): void {
+    this.inner.dispose();
+    this.disposed = true;
+    this.releaseWhenDone();
+  }
+
+  private releaseWhenDone(): void {
+    if (!this.disposed || this.running > 0 || this.released) return;
+    this.released = true;
+    this.onRelease();
+  }
+}
