@@ -4,6 +4,8 @@
  * model's own chat template, evaluates only what the sequence's KV cache lacks, and samples with the request's
  * parameters passed explicitly (node-llama-cpp's own defaults differ from the seed's).
  */
+import { open } from 'node:fs/promises';
+import { basename } from 'node:path';
 import {
   type Llama,
   type LlamaContext,
@@ -52,6 +54,25 @@ export interface LlamaEngineSettings {
 }
 
 const DEFAULT_CONTEXT_CAP = 4096;
+
+/**
+ * A cheap look at the file's first bytes before handing it to llama.cpp, whose errors for a file that is not a GGUF
+ * at all say nothing useful ("Cannot read properties of undefined").
+ */
+const GGUF_MAGIC = 0x46554747; // "GGUF", little-endian
+
+async function checkGgufFile(file: string): Promise<void> {
+  const handle = await open(file, 'r');
+  try {
+    const head = Buffer.alloc(8);
+    const { bytesRead } = await handle.read(head, 0, 8, 0);
+    if (bytesRead < 8 || head.readUInt32LE(0) !== GGUF_MAGIC) throw new Error('not a GGUF file');
+    const version = head.readUInt32LE(4);
+    if (version < 2 || version > 3) throw new Error(`GGUF version ${version} is not supported (2 and 3 are)`);
+  } finally {
+    await handle.close();
+  }
+}
 /** Compiled grammars kept for requests that repeat a schema (most clients send the same tools every time). */
 const GRAMMAR_CACHE_SIZE = 64;
 /**
@@ -77,8 +98,16 @@ export class LlamaEngine implements ChatEngine {
   private grammarCacheChars = 0;
 
   static async load(settings: LlamaEngineSettings): Promise<LlamaEngine> {
+    await checkGgufFile(settings.file);
     const llama = await getRuntime();
-    const model = await llama.loadModel({ modelPath: settings.file, useMmap: settings.load === 'mmap' });
+    let model: LlamaModel;
+    try {
+      model = await llama.loadModel({ modelPath: settings.file, useMmap: settings.load === 'mmap' });
+    } catch (error) {
+      // The reason reaches clients in a 503: it names the file, not where it lies.
+      const reason = (error instanceof Error ? error.message : String(error)).replaceAll(settings.file, basename(settings.file));
+      throw new Error(`llama.cpp could not load it (${reason})`, { cause: error });
+    }
     try {
       const contextSize = settings.contextSize ?? Math.min(model.trainContextSize, DEFAULT_CONTEXT_CAP);
       let created: LlamaContext | undefined;
