@@ -171,6 +171,7 @@ async function serve(flags: Flags, configOverride?: FileConfig): Promise<{ url: 
     ...(config.server?.limits !== undefined ? { limits: config.server.limits } : {}),
     ...(config.server?.upstream !== undefined ? { upstream: config.server.upstream } : {}),
     ...(config.server?.keep_alive !== undefined ? { keepAlive: config.server.keep_alive } : {}),
+    ...(config.server?.memory_budget_mb !== undefined ? { memoryBudgetMb: config.server.memory_budget_mb } : {}),
   });
   const server = config.server ?? {};
   const app = buildHttpServer({
@@ -256,7 +257,9 @@ async function pull(flags: Flags, targets: string[]): Promise<void> {
   }
   try {
     const result = await pullModel(source, { modelsDir: modelsDirectory(config?.models_dir), dest, progress: progressFor(process.stderr) });
-    const how = result.alreadyPresent ? 'already present' : `downloaded ${formatBytes(result.bytesReceived)} in ${result.seconds.toFixed(1)} s`;
+    const how = result.alreadyPresent
+      ? 'already present'
+      : `downloaded ${formatBytes(result.bytesReceived)} in ${result.seconds.toFixed(1)} s (${formatBytes(result.bytesReceived / Math.max(result.seconds, 1e-3))}/s)`;
     process.stdout.write(`${result.path}\n${how}, ${formatBytes(result.size)}${result.verified ? ', sha256 verified' : ''}\n`);
   } catch (error) {
     if (!(error instanceof PullError)) throw error;
