@@ -5,7 +5,7 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -110,10 +110,57 @@ const sleep = (ms: number) => new Promise((resolvePromise) => setTimeout(resolve
  * removed and nothing is left at `dest`.
  */
 export async function downloadVerified(remote: RemoteFile, dest: string, options: DownloadOptions = {}): Promise<DownloadResult> {
+  await mkdir(dirname(dest), { recursive: true });
+  const release = await lockDownload(dest);
+  try {
+    return await downloadLocked(remote, dest, options);
+  } finally {
+    await release();
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * One download of a file at a time (two writers on one .partial would interleave their bytes): `<dest>.lock` holds
+ * the pid of the process downloading it; a lock whose process is gone is taken over.
+ */
+async function lockDownload(dest: string): Promise<() => Promise<void>> {
+  const lock = `${dest}.lock`;
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      const handle = await open(lock, 'wx');
+      try {
+        await handle.writeFile(String(process.pid));
+      } finally {
+        await handle.close();
+      }
+      return () => rm(lock, { force: true });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) {
+        if ((error as NodeJS.ErrnoException).code === 'EEXIST') throw new DownloadError(`another pull is downloading ${dest} (${lock} is held)`, true);
+        throw error;
+      }
+      const pid = Number((await readFile(lock, 'utf8').catch(() => '')).trim());
+      if (Number.isInteger(pid) && pid > 0 && isAlive(pid)) {
+        throw new DownloadError(`another pull (process ${pid}) is downloading ${dest}: wait for it to finish, or remove ${lock} if that process is not kiln`, true);
+      }
+      await rm(lock, { force: true });
+    }
+  }
+}
+
+async function downloadLocked(remote: RemoteFile, dest: string, options: DownloadOptions): Promise<DownloadResult> {
   const doFetch = options.fetch ?? fetch;
   const progress = options.progress ?? silentProgress;
   const partial = partialPath(dest);
-  await mkdir(dirname(dest), { recursive: true });
   const began = performance.now();
   let bytesReceived = 0;
   let restarted = false;

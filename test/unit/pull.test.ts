@@ -4,6 +4,7 @@
  * already in place; and the source/cache-path helpers and the config's `source`/`models_dir`.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
@@ -218,6 +219,24 @@ describe('pullModel against a fake hub', () => {
       const result = await pullModel(source, { modelsDir, env: { HF_ENDPOINT: hub.url }, ...quiet });
       assert.equal(result.alreadyPresent, false);
       assert.ok((await readFile(dest)).equals(data));
+    });
+  });
+
+  test('one download of a file at a time: a live lock is refused, a stale one taken over', async () => {
+    await withHub({}, async (hub) => {
+      const source = hub.add({ repo: REPO, path: FILE, data });
+      const modelsDir = await tempDir();
+      const env = { HF_ENDPOINT: hub.url };
+      const dest = cachedPath(parseSource(source), modelsDir);
+      await mkdir(dirname(dest), { recursive: true });
+      await writeFile(`${dest}.lock`, String(process.pid));
+      await assert.rejects(pullModel(source, { modelsDir, env, ...quiet }), new RegExp(`another pull \\(process ${process.pid}\\) is downloading`));
+      assert.equal(await exists(dest), false);
+      const gone = spawnSync(process.execPath, ['-e', '']).pid!;
+      await writeFile(`${dest}.lock`, String(gone));
+      const result = await pullModel(source, { modelsDir, env, ...quiet });
+      assert.ok((await readFile(result.path)).equals(data));
+      assert.equal(await exists(`${dest}.lock`), false, 'the lock is released');
     });
   });
 
