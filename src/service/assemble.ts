@@ -3,17 +3,22 @@
  * through the engine factory, one engine per distinct GGUF file shared by every id that points at it, and one
  * admission queue per distinct list of deployments (so that `X` and `Pro/X` share it, and `Pro/` goes first).
  */
+import { freemem } from 'node:os';
 import { ConfigError, keepAliveMs, type KeepAliveConfig, type LimitsConfig, type ModelConfig, type UpstreamPolicyConfig } from '../config/config.js';
 import { SILENT_LOG, type Log } from '../core/log.js';
 import type { LlamaEngineSettings } from '../engines/llama/llama-engine.js';
 import type { RequestLimits } from '../core/request-limits.js';
 import { Admission } from './admission.js';
+import { MemoryBudget } from './memory-budget.js';
 import { ChatService } from './chat-service.js';
 import { createServingEngine, type DeploymentSpec, type EngineFactoryContext } from './engine-factory.js';
 import { ModelRegistry, type ServedModel } from './model-registry.js';
 import type { Router } from './routing/router.js';
 
 export const KILN_VERSION = '0.1.0';
+
+/** Of the memory available when Kiln starts, what local models may take by default: most, not all. */
+const DEFAULT_BUDGET_SHARE = 0.8;
 
 export const MODEL_DEFAULTS = {
   parallel: 4,
@@ -38,6 +43,8 @@ export interface AssembleOptions {
   maxChoices?: number;
   limits?: LimitsConfig;
   upstream?: UpstreamPolicyConfig;
+  /** Host memory local models may take together (default: DEFAULT_BUDGET_SHARE of the memory available at start). */
+  memoryBudgetMb?: number;
   /** Server-wide keep_alive for local models that set none. */
   keepAlive?: KeepAliveConfig;
   log?: Log;
@@ -53,6 +60,7 @@ export async function assembleKiln(models: ModelConfig[], options: AssembleOptio
     log: options.log ?? SILENT_LOG,
     env: options.env ?? process.env,
     llamaEngines: new Map(),
+    budget: new MemoryBudget(options.memoryBudgetMb !== undefined ? options.memoryBudgetMb * 2 ** 20 : Math.floor(freemem() * DEFAULT_BUDGET_SHARE), options.log ?? SILENT_LOG),
     upstreamEngines: [],
   };
   const served = new Map<string, ServedModel>();

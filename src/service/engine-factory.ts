@@ -9,6 +9,7 @@ import type { ChatEngine } from '../core/engine.js';
 import type { Log } from '../core/log.js';
 import { LlamaEngine, type LlamaEngineSettings } from '../engines/llama/llama-engine.js';
 import { UpstreamEngine, type UpstreamTimeouts } from '../engines/upstream/upstream-engine.js';
+import type { MemoryBudget } from './memory-budget.js';
 import { ManagedEngine, type LifecycleSettings } from './model-lifecycle.js';
 import { Router, type Deployment, type RoutingPolicy } from './routing/router.js';
 
@@ -68,6 +69,8 @@ export interface EngineFactoryContext {
   env: NodeJS.ProcessEnv;
   /** Local engines by file, shared by every id that loads the same GGUF; each loads on demand. */
   llamaEngines: Map<string, ManagedEngine>;
+  /** The host memory local models may take together. */
+  budget: MemoryBudget;
   /** Every upstream engine made, for closing. */
   upstreamEngines: ChatEngine[];
 }
@@ -81,7 +84,9 @@ export function createEngine(spec: DeploymentSpec, modelId: string, context: Eng
         description: { name: `llama.cpp:${basename(settings.file)}`, supportsImages: false, maxChoices: settings.parallel, maxChoicesReason: "its 'parallel' setting" },
         capacity: settings.parallel,
       };
-      engine = new ManagedEngine(basename(settings.file), () => LlamaEngine.load(settings), expected, spec.lifecycle, context.log);
+      const memory = { budget: context.budget, estimate: () => LlamaEngine.estimateMemory(settings) };
+      // Named by the first id that serves the file (ids sharing it are the same model, e.g. `X` and `Pro/X`).
+      engine = new ManagedEngine(modelId, () => LlamaEngine.load(settings), expected, spec.lifecycle, context.log, memory);
       context.llamaEngines.set(settings.file, engine);
     }
     return Promise.resolve(engine);

@@ -12,6 +12,7 @@ import type { ChatRequest } from '../core/chat-request.js';
 import type { ChatEngine, EngineDescription, EngineEvent, EngineRun, ReasoningMode } from '../core/engine.js';
 import type { Log } from '../core/log.js';
 import { KilnError } from '../errors/catalog.js';
+import type { BudgetMember, MemoryBudget } from './memory-budget.js';
 
 export type ModelState = 'unloaded' | 'loading' | 'ready' | 'draining';
 
@@ -30,24 +31,42 @@ export interface ExpectedEngine {
   capacity: number;
 }
 
-export class ManagedEngine implements ChatEngine {
+/** The memory budget a model loads under, and how to estimate what its load takes. */
+export interface BudgetedLoad {
+  budget: MemoryBudget;
+  estimate(): Promise<number>;
+}
+
+export class ManagedEngine implements ChatEngine, BudgetMember {
   private engine: ChatEngine | undefined;
   private loading: Promise<ChatEngine> | undefined;
   private draining: Promise<void> | undefined;
   private holders = 0;
   private idleTimer: NodeJS.Timeout | undefined;
   private failure: { error: unknown; until: number } | undefined;
-  private lastUsed = Date.now();
+  lastUsed = Date.now();
   private closed = false;
 
   constructor(
     /** How logs name it (the model's file name or id). */
-    private readonly name: string,
+    readonly name: string,
     private readonly load: () => Promise<ChatEngine>,
     private readonly expected: ExpectedEngine,
     private readonly settings: LifecycleSettings,
     private readonly log: Log,
+    private readonly memory?: BudgetedLoad,
   ) {}
+
+  /** Loaded and unused: the memory budget may unload it to make room for another model. */
+  get evictable(): boolean {
+    return this.engine !== undefined && this.holders === 0 && this.draining === undefined && this.loading === undefined && !this.closed;
+  }
+
+  async unloadNow(reason: string): Promise<void> {
+    clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+    await this.unload(reason);
+  }
 
   get state(): ModelState {
     if (this.draining !== undefined) return 'draining';
@@ -113,6 +132,7 @@ export class ManagedEngine implements ChatEngine {
     this.engine = undefined;
     await this.draining;
     await engine?.close();
+    this.memory?.budget.release(this);
   }
 
   private hold(): void {
@@ -142,14 +162,26 @@ export class ManagedEngine implements ChatEngine {
   private async startLoad(): Promise<ChatEngine> {
     await this.draining;
     const began = performance.now();
-    this.log.info({ model: this.name }, 'model loading');
     try {
+      const needBytes = await this.memory?.estimate();
+      this.log.info({ model: this.name, ...(needBytes !== undefined ? { estimateMiB: Math.ceil(needBytes / 2 ** 20) } : {}) }, 'model loading');
+      if (needBytes !== undefined) {
+        try {
+          await this.memory!.budget.reserve(this, needBytes);
+        } catch (error) {
+          // No room now is not a broken model: the next request tries again.
+          this.log.warn({ model: this.name, reason: reasonOf(error) }, 'model does not fit the memory budget');
+          throw new NoRoom(error);
+        }
+      }
       const engine = await this.load();
       this.engine = engine;
       this.failure = undefined;
       this.log.info({ model: this.name, loadMs: Math.round(performance.now() - began) }, 'model loaded');
       return engine;
     } catch (error) {
+      if (error instanceof NoRoom) throw error.error;
+      this.memory?.budget.release(this);
       this.failure = { error, until: Date.now() + this.settings.retryFailedAfterMs };
       this.log.error({ model: this.name, reason: reasonOf(error) }, 'model failed to load');
       throw this.failedError(Math.ceil(this.settings.retryFailedAfterMs / 1000));
@@ -185,7 +217,7 @@ export class ManagedEngine implements ChatEngine {
     });
   }
 
-  private async unload(): Promise<void> {
+  private async unload(reason = 'idle'): Promise<void> {
     this.idleTimer = undefined;
     const engine = this.engine;
     if (engine === undefined || this.holders > 0 || this.draining !== undefined) return;
@@ -195,7 +227,8 @@ export class ManagedEngine implements ChatEngine {
       const began = performance.now();
       try {
         await engine.close();
-        this.log.info({ model: this.name, idleMs, unloadMs: Math.round(performance.now() - began) }, 'model unloaded');
+        this.memory?.budget.release(this);
+        this.log.info({ model: this.name, reason, idleMs, unloadMs: Math.round(performance.now() - began) }, 'model unloaded');
       } catch (error) {
         this.log.error({ model: this.name, reason: reasonOf(error) }, 'model failed to unload');
       }
@@ -209,6 +242,13 @@ export class ManagedEngine implements ChatEngine {
       message: `Model '${this.name}' could not be loaded: ${reasonOf(this.failure?.error)}. It will be tried again in ${retryAfterSeconds} s.`,
       retryAfterSeconds,
     });
+  }
+}
+
+/** A load that did not start for want of memory: answered as such, not remembered as a failed load. */
+class NoRoom extends Error {
+  constructor(readonly error: unknown) {
+    super('no room in the memory budget');
   }
 }
 

@@ -7,6 +7,8 @@
 import { open } from 'node:fs/promises';
 import { basename } from 'node:path';
 import {
+  GgufInsights,
+  readGgufFileInfo,
   type Llama,
   type LlamaContext,
   type LlamaGrammar,
@@ -96,6 +98,24 @@ export class LlamaEngine implements ChatEngine {
 
   private readonly grammarCache = new Map<string, Promise<LlamaGrammar>>();
   private grammarCacheChars = 0;
+
+  /**
+   * The host memory a load of these settings will take — weights and contexts (KV cache and compute buffers for
+   * `parallel` sequences) — from node-llama-cpp's GGUF insights, without loading anything.
+   */
+  static async estimateMemory(settings: LlamaEngineSettings): Promise<number> {
+    await checkGgufFile(settings.file);
+    const llama = await getRuntime();
+    const insights = await GgufInsights.from(await readGgufFileInfo(settings.file, { readTensorInfo: true }), llama);
+    const weights = await insights.estimateModelResourceRequirementsV2({ gpuLayers: 0, useMmap: settings.load === 'mmap' });
+    const contexts = await insights.estimateContextResourceRequirementsV2({
+      contextSize: settings.contextSize ?? Math.min(insights.trainContextSize ?? DEFAULT_CONTEXT_CAP, DEFAULT_CONTEXT_CAP),
+      modelGpuLayers: 0,
+      sequences: settings.parallel,
+      ...(settings.batchSize !== undefined ? { batchSize: settings.batchSize } : {}),
+    });
+    return weights.cpuRam + contexts.cpuRam;
+  }
 
   static async load(settings: LlamaEngineSettings): Promise<LlamaEngine> {
     await checkGgufFile(settings.file);
