@@ -122,6 +122,11 @@ const configSchema = z.strictObject({
       port: z.int().min(0).max(65535).optional(),
       /** A plain key may use every model; `{key, tier: free}` may not use `Pro/` ids (403). */
       api_keys: z.array(z.union([z.string().min(1), z.strictObject({ key: z.string().min(1), tier: z.enum(['free', 'pro']) })])).optional(),
+      /**
+       * Host memory all local models may take together, in MiB (default: 80% of the memory available at start). Before
+       * a load, idle models are unloaded least recently used first to make room; a model that still cannot fit gets 503.
+       */
+      memory_budget_mb: z.int().min(1).optional(),
       /** Idle time before a local model unloads, for models that set none (default 5 minutes, like Ollama). */
       keep_alive: keepAliveSchema.optional(),
       /** A request still generating after this long ends with 504 (in-band when streaming). */
