@@ -157,7 +157,8 @@ async function serve(flags: Flags, configOverride?: FileConfig): Promise<{ url: 
     throw new ConfigError(`refusing to listen on ${host} without an API key: give --api-key (or KILN_API_KEYS), or --insecure-no-auth`);
   }
   for (const model of config.models) {
-    if (model.file === undefined) continue;
+    // A model with a `source` may be missing until pulled: it answers 503 saying so instead of stopping the start.
+    if (model.file === undefined || model.source !== undefined) continue;
     await access(model.file).catch(() => {
       throw new ConfigError(`model '${model.id}': file not found: ${model.file}`);
     });
@@ -172,6 +173,7 @@ async function serve(flags: Flags, configOverride?: FileConfig): Promise<{ url: 
     ...(config.server?.upstream !== undefined ? { upstream: config.server.upstream } : {}),
     ...(config.server?.keep_alive !== undefined ? { keepAlive: config.server.keep_alive } : {}),
     ...(config.server?.memory_budget_mb !== undefined ? { memoryBudgetMb: config.server.memory_budget_mb } : {}),
+    ...(config.models_dir !== undefined ? { modelsDir: config.models_dir } : {}),
   });
   const server = config.server ?? {};
   const app = buildHttpServer({

@@ -85,6 +85,8 @@ const modelSchema = z.strictObject({
     .string()
     .regex(/^(hf:[^/\s]+\/[^/\s]+\/\S+|https?:\/\/\S+)$/, 'must be hf:owner/repo/path/file.gguf or an http(s) URL')
     .optional(),
+  /** With `source`: a request for the model while its file is missing starts the download (it gets 503 meanwhile). */
+  auto_pull: z.boolean().optional(),
   /** Idle time before the local model unloads (default: server.keep_alive, else 5 minutes). */
   keep_alive: keepAliveSchema.optional(),
   /** Load the local model at start instead of on its first request (default false). */

@@ -8,6 +8,7 @@ import { ConfigError, keepAliveMs, type KeepAliveConfig, type LimitsConfig, type
 import { SILENT_LOG, type Log } from '../core/log.js';
 import type { LlamaEngineSettings } from '../engines/llama/llama-engine.js';
 import type { RequestLimits } from '../core/request-limits.js';
+import { modelFilePath, modelsDirectory } from '../models/hub-source.js';
 import { Admission } from './admission.js';
 import { MemoryBudget } from './memory-budget.js';
 import { ChatService } from './chat-service.js';
@@ -45,6 +46,8 @@ export interface AssembleOptions {
   upstream?: UpstreamPolicyConfig;
   /** Host memory local models may take together (default: DEFAULT_BUDGET_SHARE of the memory available at start). */
   memoryBudgetMb?: number;
+  /** The model cache (config `models_dir`; default KILN_MODELS_DIR, else under the user's cache directory). */
+  modelsDir?: string;
   /** Server-wide keep_alive for local models that set none. */
   keepAlive?: KeepAliveConfig;
   log?: Log;
@@ -52,7 +55,10 @@ export interface AssembleOptions {
   env?: NodeJS.ProcessEnv;
 }
 
-export async function assembleKiln(models: ModelConfig[], options: AssembleOptions = {}): Promise<Kiln> {
+export async function assembleKiln(configured: ModelConfig[], options: AssembleOptions = {}): Promise<Kiln> {
+  const modelsDir = modelsDirectory(options.modelsDir);
+  // A model named by its `source` is served from that source's place in the model cache.
+  const models = configured.map((model) => ({ ...model, file: modelFilePath(model, modelsDir) }));
   checkSharedFiles(models);
   const registry = new ModelRegistry();
   const context: EngineFactoryContext = {
@@ -73,7 +79,7 @@ export async function assembleKiln(models: ModelConfig[], options: AssembleOptio
   try {
     const created = Math.floor(Date.now() / 1000);
     for (const model of models) {
-      const specs = deploymentSpecs(model, options.keepAlive);
+      const specs = deploymentSpecs(model, options.keepAlive, modelsDir);
       // Ids share a served model only when everything it is built from agrees (routing and queue settings too).
       const key = JSON.stringify([specs, model.prefix_affinity, model.queue_depth, model.queue_wait_ms]);
       let entry = served.get(key);
@@ -124,7 +130,7 @@ function checkSharedFiles(models: ModelConfig[]): void {
 }
 
 /** A model's deployments in config order: its local file first, then its upstreams. */
-function deploymentSpecs(model: ModelConfig, serverKeepAlive: KeepAliveConfig | undefined): DeploymentSpec[] {
+function deploymentSpecs(model: ModelConfig, serverKeepAlive: KeepAliveConfig | undefined, modelsDir: string): DeploymentSpec[] {
   const specs: DeploymentSpec[] = [];
   if (model.file !== undefined) {
     const keepAlive = model.keep_alive ?? serverKeepAlive;
@@ -133,7 +139,8 @@ function deploymentSpecs(model: ModelConfig, serverKeepAlive: KeepAliveConfig | 
       loadWaitMs: model.queue_wait_ms ?? MODEL_DEFAULTS.queueWaitMs,
       retryFailedAfterMs: MODEL_DEFAULTS.retryFailedLoadAfterMs,
     };
-    specs.push({ kind: 'llama', settings: engineSettings(model, model.file), lifecycle });
+    const file = { path: model.file, autoPull: model.auto_pull ?? false, modelsDir, ...(model.source !== undefined ? { source: model.source } : {}) };
+    specs.push({ kind: 'llama', settings: engineSettings(model, model.file), lifecycle, file });
   }
   if (model.file === undefined && model.upstreams === undefined) {
     throw new ConfigError(`model '${model.id}': no file to serve yet (its source must be pulled first: kiln pull ${model.id})`);

@@ -10,11 +10,12 @@ import type { Log } from '../core/log.js';
 import { LlamaEngine, type LlamaEngineSettings } from '../engines/llama/llama-engine.js';
 import { UpstreamEngine, type UpstreamTimeouts } from '../engines/upstream/upstream-engine.js';
 import type { MemoryBudget } from './memory-budget.js';
+import { ModelFile, type ModelFileSettings } from './model-file.js';
 import { ManagedEngine, type LifecycleSettings } from './model-lifecycle.js';
 import { Router, type Deployment, type RoutingPolicy } from './routing/router.js';
 
 export type DeploymentSpec =
-  | { kind: 'llama'; settings: LlamaEngineSettings; lifecycle: LifecycleSettings }
+  | { kind: 'llama'; settings: LlamaEngineSettings; lifecycle: LifecycleSettings; file: Omit<ModelFileSettings, 'modelId' | 'log'> }
   | { kind: 'upstream'; name: string; config: UpstreamConfig; reasoning: 'auto' | 'on' | 'off' };
 
 export const UPSTREAM_DEFAULTS = {
@@ -84,9 +85,21 @@ export function createEngine(spec: DeploymentSpec, modelId: string, context: Eng
         description: { name: `llama.cpp:${basename(settings.file)}`, supportsImages: false, maxChoices: settings.parallel, maxChoicesReason: "its 'parallel' setting" },
         capacity: settings.parallel,
       };
-      const memory = { budget: context.budget, estimate: () => LlamaEngine.estimateMemory(settings) };
+      // Nothing is estimated or loaded before the file is there (a missing file answers 503 saying how to get it).
+      const file = new ModelFile({ ...spec.file, modelId, log: context.log });
+      const memory = {
+        budget: context.budget,
+        estimate: async () => {
+          await file.ensurePresent();
+          return LlamaEngine.estimateMemory(settings);
+        },
+      };
+      const load = async () => {
+        await file.ensurePresent();
+        return LlamaEngine.load(settings);
+      };
       // Named by the first id that serves the file (ids sharing it are the same model, e.g. `X` and `Pro/X`).
-      engine = new ManagedEngine(modelId, () => LlamaEngine.load(settings), expected, spec.lifecycle, context.log, memory);
+      engine = new ManagedEngine(modelId, load, expected, spec.lifecycle, context.log, memory);
       context.llamaEngines.set(settings.file, engine);
     }
     return Promise.resolve(engine);

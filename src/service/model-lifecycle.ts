@@ -169,9 +169,8 @@ export class ManagedEngine implements ChatEngine, BudgetMember {
         try {
           await this.memory!.budget.reserve(this, needBytes);
         } catch (error) {
-          // No room now is not a broken model: the next request tries again.
           this.log.warn({ model: this.name, reason: reasonOf(error) }, 'model does not fit the memory budget');
-          throw new NoRoom(error);
+          throw error;
         }
       }
       const engine = await this.load();
@@ -180,8 +179,10 @@ export class ManagedEngine implements ChatEngine, BudgetMember {
       this.log.info({ model: this.name, loadMs: Math.round(performance.now() - began) }, 'model loaded');
       return engine;
     } catch (error) {
-      if (error instanceof NoRoom) throw error.error;
       this.memory?.budget.release(this);
+      // An answer rather than a broken model (no room in the budget, the file still downloading): the next request
+      // tries again.
+      if (error instanceof KilnError) throw error;
       this.failure = { error, until: Date.now() + this.settings.retryFailedAfterMs };
       this.log.error({ model: this.name, reason: reasonOf(error) }, 'model failed to load');
       throw this.failedError(Math.ceil(this.settings.retryFailedAfterMs / 1000));
@@ -242,13 +243,6 @@ export class ManagedEngine implements ChatEngine, BudgetMember {
       message: `Model '${this.name}' could not be loaded: ${reasonOf(this.failure?.error)}. It will be tried again in ${retryAfterSeconds} s.`,
       retryAfterSeconds,
     });
-  }
-}
-
-/** A load that did not start for want of memory: answered as such, not remembered as a failed load. */
-class NoRoom extends Error {
-  constructor(readonly error: unknown) {
-    super('no room in the memory budget');
   }
 }
 
