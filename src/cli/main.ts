@@ -5,7 +5,7 @@
 import { access } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ConfigError, LOAD_MODES, loadConfigFile, validateConfig, type FileConfig, type ModelConfig } from '../config/config.js';
+import { ConfigError, GPU_MODES, LOAD_MODES, loadConfigFile, validateConfig, type FileConfig, type ModelConfig } from '../config/config.js';
 import { ensureTinyModel } from '../gguf/tiny-model.js';
 import { buildHttpServer, createLogger } from '../http/server.js';
 import { closeGracefully } from '../http/shutdown.js';
@@ -14,6 +14,7 @@ import { assembleKiln } from '../service/assemble.js';
 import { modelsDirectory } from '../models/hub-source.js';
 import { PullError, pullModel } from '../models/pull.js';
 import { formatBytes, progressFor } from '../models/progress.js';
+import { defaultServerUrl, modelsCommand } from './models-command.js';
 
 const DEFAULT_DRAIN_TIMEOUT_MS = 30_000;
 /** Past the drain deadline, how long closing connections and engines may take before the process exits anyway. */
@@ -25,6 +26,9 @@ const USAGE = `Usage:
   kiln pull  <hf:owner/repo/path/file.gguf | https://…/file.gguf | model id [--config kiln.yaml]>
                                   download a GGUF into the model cache (models_dir, else $KILN_MODELS_DIR, else
                                   ~/.cache/kiln/models), resuming and verifying it; HF_ENDPOINT, HF_TOKEN are honoured
+  kiln models [--config kiln.yaml] [--url http://host:port]
+                                  list the configured ids: source, size on disk, present; with a server running
+                                  there (default: the config's host and port) also state, memory and idle time
 
 Options:
   --config <file>        YAML config (see examples/kiln.yaml)
@@ -42,6 +46,8 @@ Options:
   --context-size <n>     tokens per sequence for --model
   --threads <n>          CPU threads for --model (default: usable cores)
   --load <memory|mmap>   how --model's weights are loaded (default memory: read into Kiln's memory)
+  --gpu <auto|cuda|vulkan|metal|off>  llama.cpp's backend (default: server.gpu, else auto: a GPU when one is found)
+  --url <url>            kiln models: the running server to ask (default http://<config host>:<config port>)
   --drain-timeout-ms <n> on SIGTERM/SIGINT, how long requests in flight may finish (default 30000); a second
                          signal exits at once
   --log-level <level>    fatal, error, warn, info (default), debug
@@ -62,6 +68,8 @@ const options = {
   'context-size': { type: 'string' },
   threads: { type: 'string' },
   load: { type: 'string' },
+  gpu: { type: 'string' },
+  url: { type: 'string' },
   'drain-timeout-ms': { type: 'string' },
   'log-level': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
@@ -86,6 +94,7 @@ export async function main(argv: string[]): Promise<void> {
     if (command === 'serve') await serve(flags);
     else if (command === 'demo') await demo(flags);
     else if (command === 'pull') await pull(flags, positionals.slice(1));
+    else if (command === 'models') await models(flags);
     else fail(`unknown command '${command}'`);
   } catch (error) {
     if (error instanceof ConfigError) fail(error.message);
@@ -163,6 +172,9 @@ async function serve(flags: Flags, configOverride?: FileConfig): Promise<{ url: 
       throw new ConfigError(`model '${model.id}': file not found: ${model.file}`);
     });
   }
+
+  const gpu = flags.gpu === undefined ? config.server?.gpu : GPU_MODES.find((mode) => mode === flags.gpu);
+  if (flags.gpu !== undefined && gpu === undefined) throw new ConfigError(`--gpu must be one of ${GPU_MODES.join(', ')}, got '${flags.gpu}'`);
 
   const startedAt = performance.now();
   const logger = createLogger(flags['log-level'] !== undefined ? { logLevel: flags['log-level'] } : {});
@@ -268,4 +280,14 @@ async function pull(flags: Flags, targets: string[]): Promise<void> {
     process.stderr.write(`kiln pull: ${error.message}\n`);
     process.exit(1);
   }
+}
+
+/** `kiln models`: the config's ids and what the disk holds, with the running server's view when one answers. */
+async function models(flags: Flags): Promise<void> {
+  if (flags.config === undefined && flags.url === undefined) throw new ConfigError('kiln models needs --config <file.yaml> (and/or --url of a running server)');
+  const config = flags.config !== undefined ? await loadConfigFile(flags.config) : undefined;
+  const apiKey = flags['api-key']?.[0] ?? (process.env.KILN_API_KEYS ?? '').split(',')[0]?.trim() ?? undefined;
+  const configKey = config?.server?.api_keys?.[0];
+  const key = apiKey !== undefined && apiKey !== '' ? apiKey : typeof configKey === 'string' ? configKey : configKey?.key;
+  await modelsCommand({ ...(config !== undefined ? { config } : {}), url: flags.url ?? defaultServerUrl(config), ...(key !== undefined ? { apiKey: key } : {}), out: process.stdout });
 }

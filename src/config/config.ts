@@ -7,6 +7,9 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { formatPath } from '../core/normalize-request.js';
 
+/** server.gpu: llama.cpp's backend (engines/llama/runtime.ts). */
+export const GPU_MODES = ['auto', 'cuda', 'vulkan', 'metal', 'off'] as const;
+
 /** How a model's weights are loaded: `memory` reads them into Kiln's own memory, `mmap` maps the file. */
 export const LOAD_MODES = ['memory', 'mmap'] as const;
 
@@ -112,6 +115,11 @@ const modelSchema = z.strictObject({
   load: z.enum(LOAD_MODES).optional(),
   /** Whether the model reasons in <think> … </think>; `auto`: detected from its chat template. */
   reasoning: z.enum(['auto', 'on', 'off']).optional(),
+  /**
+   * Layers offloaded to the GPU (with server.gpu not off and a GPU found): a number, `max` (all of them; the load
+   * fails when they do not fit) or `auto` (default): as many as fit in free VRAM next to the model's contexts.
+   */
+  gpu_layers: z.union([z.int().min(0), z.enum(['auto', 'max'])]).optional(),
   owned_by: z.string().optional(),
 });
 
@@ -131,6 +139,11 @@ const configSchema = z.strictObject({
       memory_budget_mb: z.int().min(1).optional(),
       /** Idle time before a local model unloads, for models that set none (default 5 minutes, like Ollama). */
       keep_alive: keepAliveSchema.optional(),
+      /**
+       * llama.cpp's backend: `auto` (default) uses CUDA or Vulkan (Metal on Apple silicon) when found, else the CPU;
+       * a named one that cannot load falls back to the CPU with a warning; `off`: the CPU only.
+       */
+      gpu: z.enum(GPU_MODES).optional(),
       /** A request still generating after this long ends with 504 (in-band when streaming). */
       request_timeout_ms: z.int().min(1).optional(),
       max_choices: z.int().min(1).max(64).optional(),

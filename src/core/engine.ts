@@ -69,6 +69,22 @@ export interface EngineDescription {
   maxChoicesReason?: string;
 }
 
+/**
+ * Where a served model stands, for the catalog (`GET /v1/models`, `kiln models`): a local model's lifecycle state
+ * (service/model-lifecycle.ts), or `upstream` for one served by other servers.
+ */
+export type EngineState = 'unloaded' | 'loading' | 'ready' | 'draining' | 'upstream';
+
+export interface EngineStatus {
+  state: EngineState;
+  /** Milliseconds since its last request ended (0 while one runs); set while loaded. */
+  idleMs?: number;
+  /** Host memory it holds (what its load reserved in the memory budget), in bytes; set while loaded. */
+  memoryBytes?: number;
+  /** Layers offloaded to a GPU; set while loaded. */
+  gpuLayers?: number;
+}
+
 export interface ChatEngine {
   readonly description: EngineDescription;
   /**
@@ -82,6 +98,8 @@ export interface ChatEngine {
    */
   unavailable?(): KilnError | undefined;
   start(request: ChatRequest, signal: AbortSignal): Promise<EngineRun>;
+  /** Where the engine stands, for the catalog; an engine without it is always ready. */
+  status?(): EngineStatus;
   /** A cheap check that the engine answers (an upstream's `GET /models`); rejects when it does not. */
   probe?(signal: AbortSignal): Promise<void>;
   close(): Promise<void>;

@@ -52,6 +52,23 @@ export interface ModelWire {
   object: 'model';
   created: number;
   owned_by: string;
+  /** Kiln's own fields (OpenAI clients ignore what they do not know). */
+  kiln?: ModelStatusWire;
+}
+
+/** Where a served model stands: `GET /v1/models` entries' `kiln` object, read by `kiln models`. */
+export interface ModelStatusWire {
+  state: 'unloaded' | 'loading' | 'ready' | 'draining' | 'upstream';
+  /** Milliseconds since its last request ended (0 while one runs); null when not loaded. */
+  idle_ms: number | null;
+  /** Host memory it holds (its load's estimate), MiB; null when not loaded. */
+  memory_mb: number | null;
+  /** Layers offloaded to a GPU; null when not loaded or not local. */
+  gpu_layers: number | null;
+  /** Its GGUF's size on disk; null when it has no local file or the file is missing. */
+  size_bytes: number | null;
+  /** Whether its GGUF is on disk; null when it has no local file (served by upstreams only). */
+  present: boolean | null;
 }
 
 export interface ModelListWire {

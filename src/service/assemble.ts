@@ -7,6 +7,7 @@ import { freemem } from 'node:os';
 import { ConfigError, keepAliveMs, type KeepAliveConfig, type LimitsConfig, type ModelConfig, type UpstreamPolicyConfig } from '../config/config.js';
 import { SILENT_LOG, type Log } from '../core/log.js';
 import type { LlamaEngineSettings } from '../engines/llama/llama-engine.js';
+import { configureRuntime, type GpuSetting } from '../engines/llama/runtime.js';
 import type { RequestLimits } from '../core/request-limits.js';
 import { modelFilePath, modelsDirectory } from '../models/hub-source.js';
 import { Admission } from './admission.js';
@@ -32,7 +33,7 @@ export const MODEL_DEFAULTS = {
 } as const;
 
 /** Settings that belong to the loaded file, not the id: ids sharing a file must agree on them. */
-const ENGINE_FIELDS = ['parallel', 'context_size', 'threads', 'batch_size', 'queue_depth', 'queue_wait_ms', 'reasoning', 'flash_attention', 'load', 'keep_alive', 'preload'] as const;
+const ENGINE_FIELDS = ['parallel', 'context_size', 'threads', 'batch_size', 'queue_depth', 'queue_wait_ms', 'reasoning', 'flash_attention', 'load', 'keep_alive', 'preload', 'gpu_layers'] as const;
 
 export interface Kiln {
   service: ChatService;
@@ -50,6 +51,8 @@ export interface AssembleOptions {
   modelsDir?: string;
   /** Server-wide keep_alive for local models that set none. */
   keepAlive?: KeepAliveConfig;
+  /** llama.cpp's backend (default auto: a GPU when one is found); the runtime logs its choice at the first load. */
+  gpu?: GpuSetting;
   log?: Log;
   /** Where upstream API keys are read (default process.env). */
   env?: NodeJS.ProcessEnv;
@@ -60,6 +63,7 @@ export async function assembleKiln(configured: ModelConfig[], options: AssembleO
   // A model named by its `source` is served from that source's place in the model cache.
   const models = configured.map((model) => ({ ...model, file: modelFilePath(model, modelsDir) }));
   checkSharedFiles(models);
+  configureRuntime({ gpu: options.gpu ?? 'auto', log: options.log ?? SILENT_LOG });
   const registry = new ModelRegistry();
   const context: EngineFactoryContext = {
     policy: options.upstream ?? {},
@@ -94,7 +98,8 @@ export async function assembleKiln(configured: ModelConfig[], options: AssembleO
         entry = { engine, admission: holder.admission };
         served.set(key, entry);
       }
-      registry.add({ id: model.id, served: entry, ownedBy: model.owned_by ?? 'kiln', created });
+      const local = specs.find((spec) => spec.kind === 'llama');
+      registry.add({ id: model.id, served: entry, ownedBy: model.owned_by ?? 'kiln', created, ...(local?.kind === 'llama' ? { file: local.settings.file } : {}) });
     }
     // Models marked preload load now, together; the others on their first request.
     const preloads = models.filter((model) => model.preload === true && model.file !== undefined).map((model) => context.llamaEngines.get(model.file!)!);
@@ -173,5 +178,6 @@ function engineSettings(model: ModelConfig, file: string): LlamaEngineSettings {
     reasoning: model.reasoning ?? 'auto',
     ...(model.flash_attention !== undefined ? { flashAttention: model.flash_attention === 'auto' ? 'auto' : model.flash_attention === 'on' } : {}),
     ...(model.load !== undefined ? { load: model.load } : {}),
+    ...(model.gpu_layers !== undefined ? { gpuLayers: model.gpu_layers } : {}),
   };
 }

@@ -48,7 +48,7 @@ export class ChatService {
     private readonly options: ChatServiceOptions,
   ) {}
 
-  listModels(): ModelListWire {
+  listModels(): Promise<ModelListWire> {
     return this.registry.list();
   }
 

@@ -9,7 +9,7 @@
  * again after a pause, not on every request.
  */
 import type { ChatRequest } from '../core/chat-request.js';
-import type { ChatEngine, EngineDescription, EngineEvent, EngineRun, ReasoningMode } from '../core/engine.js';
+import type { ChatEngine, EngineDescription, EngineEvent, EngineRun, EngineStatus, ReasoningMode } from '../core/engine.js';
 import type { Log } from '../core/log.js';
 import { KilnError } from '../errors/catalog.js';
 import type { BudgetMember, MemoryBudget } from './memory-budget.js';
@@ -46,6 +46,8 @@ export class ManagedEngine implements ChatEngine, BudgetMember {
   private failure: { error: unknown; until: number } | undefined;
   lastUsed = Date.now();
   private closed = false;
+  /** What the last load reserved in the memory budget (reported while loaded). */
+  private estimatedBytes: number | undefined;
 
   constructor(
     /** How logs name it (the model's file name or id). */
@@ -86,6 +88,18 @@ export class ManagedEngine implements ChatEngine, BudgetMember {
 
   get description(): EngineDescription {
     return this.engine?.description ?? this.expected.description;
+  }
+
+  status(): EngineStatus {
+    const state = this.state;
+    if (state !== 'ready' && state !== 'draining') return { state };
+    const inner = this.engine?.status?.();
+    return {
+      ...(inner?.gpuLayers !== undefined ? { gpuLayers: inner.gpuLayers } : {}),
+      state,
+      idleMs: this.idleMs,
+      ...(this.estimatedBytes !== undefined ? { memoryBytes: this.estimatedBytes } : {}),
+    };
   }
 
   capacity(): number {
@@ -164,6 +178,7 @@ export class ManagedEngine implements ChatEngine, BudgetMember {
     const began = performance.now();
     try {
       const needBytes = await this.memory?.estimate();
+      this.estimatedBytes = needBytes;
       this.log.info({ model: this.name, ...(needBytes !== undefined ? { estimateMiB: Math.ceil(needBytes / 2 ** 20) } : {}) }, 'model loading');
       if (needBytes !== undefined) {
         try {

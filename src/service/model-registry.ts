@@ -2,9 +2,10 @@
  * Model ids → what serves them. Several ids may share one served model (one loaded GGUF, or the same list of
  * upstreams, e.g. `X` and `Pro/X`): they share its engine and its admission queue, where `Pro/` requests go first.
  */
+import { stat } from 'node:fs/promises';
 import type { ChatEngine } from '../core/engine.js';
 import { KilnError } from '../errors/catalog.js';
-import type { ModelListWire } from '../protocol/response.js';
+import type { ModelListWire, ModelStatusWire } from '../protocol/response.js';
 import type { Admission } from './admission.js';
 
 export interface ServedModel {
@@ -18,7 +19,11 @@ export interface ModelEntry {
   served: ServedModel;
   ownedBy: string;
   created: number;
+  /** The GGUF its local deployment loads, if it has one (for the catalog's size and presence; never sent). */
+  file?: string;
 }
+
+const MIB = 2 ** 20;
 
 export class ModelRegistry {
   private readonly entries = new Map<string, ModelEntry>();
@@ -34,16 +39,47 @@ export class ModelRegistry {
     return entry;
   }
 
-  list(): ModelListWire {
-    return {
-      object: 'list',
-      data: [...this.entries.values()].map((entry) => ({
-        id: entry.id,
-        object: 'model',
-        created: entry.created,
-        owned_by: entry.ownedBy,
-      })),
-    };
+  /** OpenAI's model list, each entry with a `kiln` object saying where the model stands (ModelStatusWire). */
+  async list(): Promise<ModelListWire> {
+    const entries = [...this.entries.values()];
+    const files = new Map<string, Promise<number | null>>();
+    for (const { file } of entries) {
+      if (file !== undefined && !files.has(file)) files.set(file, sizeOnDisk(file));
+    }
+    const data = await Promise.all(
+      entries.map(async (entry) => {
+        const size = entry.file === undefined ? null : await files.get(entry.file)!;
+        return {
+          id: entry.id,
+          object: 'model' as const,
+          created: entry.created,
+          owned_by: entry.ownedBy,
+          kiln: statusOf(entry, size),
+        };
+      }),
+    );
+    return { object: 'list', data };
   }
+}
 
+function statusOf(entry: ModelEntry, size: number | null): ModelStatusWire {
+  const status = entry.served.engine.status?.() ?? { state: 'ready' };
+  return {
+    state: status.state,
+    idle_ms: status.idleMs ?? null,
+    memory_mb: status.memoryBytes !== undefined ? Math.ceil(status.memoryBytes / MIB) : null,
+    gpu_layers: status.gpuLayers ?? null,
+    size_bytes: size,
+    present: entry.file === undefined ? null : size !== null,
+  };
+}
+
+/** A regular file's size; null when it is missing or unreadable. */
+async function sizeOnDisk(file: string): Promise<number | null> {
+  try {
+    const info = await stat(file);
+    return info.isFile() ? info.size : null;
+  } catch {
+    return null;
+  }
 }

@@ -14,10 +14,11 @@ import {
   type LlamaGrammar,
   type LlamaContextSequence,
   type LlamaModel,
+  type LlamaModelOptions,
   type Token,
 } from 'node-llama-cpp';
 import { offeredTools, type ChatRequest } from '../../core/chat-request.js';
-import type { ChatEngine, EngineDescription, EngineRun, ReasoningMode } from '../../core/engine.js';
+import type { ChatEngine, EngineDescription, EngineRun, EngineStatus, ReasoningMode } from '../../core/engine.js';
 import type { RequestGrammars } from '../../core/grammar/request-grammar.js';
 import { KilnError } from '../../errors/catalog.js';
 import { ChatTemplate, TemplateError } from './chat-template.js';
@@ -49,6 +50,11 @@ export interface LlamaEngineSettings {
   /** Whether the model reasons in <think> … </think>; `auto`: detected from its chat template. */
   reasoning?: 'auto' | 'on' | 'off';
   /**
+   * Layers offloaded to the GPU when the runtime has one: a number, `max` (all, or the load fails when they do not
+   * fit), or `auto` (default): as many as fit in free VRAM next to this model's contexts. 0 on the CPU whatever is set.
+   */
+  gpuLayers?: number | 'auto' | 'max';
+  /**
    * Longest time the lockstep holds generating sequences for a request still preparing its prompt (default 100 ms).
    * Tests set it high to show that nothing else holds the lockstep: a reader that stopped reading never does.
    */
@@ -56,6 +62,17 @@ export interface LlamaEngineSettings {
 }
 
 const DEFAULT_CONTEXT_CAP = 4096;
+
+/**
+ * node-llama-cpp's `gpuLayers` for these settings. `auto` leaves room in VRAM for this model's contexts — all
+ * `parallel` sequences of `contextSize` (the cap when unset: the training size is not known before the load) —
+ * instead of node-llama-cpp's default of one context of automatic size.
+ */
+function gpuLayersOption(settings: LlamaEngineSettings): LlamaModelOptions['gpuLayers'] {
+  const layers = settings.gpuLayers ?? 'auto';
+  if (layers !== 'auto') return layers;
+  return { fitContext: { contextSize: (settings.contextSize ?? DEFAULT_CONTEXT_CAP) * settings.parallel } };
+}
 
 /**
  * A cheap look at the file's first bytes before handing it to llama.cpp, whose errors for a file that is not a GGUF
@@ -101,16 +118,23 @@ export class LlamaEngine implements ChatEngine {
 
   /**
    * The host memory a load of these settings will take — weights and contexts (KV cache and compute buffers for
-   * `parallel` sequences) — from node-llama-cpp's GGUF insights, without loading anything.
+   * `parallel` sequences) — from node-llama-cpp's GGUF insights, without loading anything. With a GPU, the layers
+   * the load would offload (resolved as the load resolves them, against the VRAM free now) are left out: their
+   * weights and KV cache sit in VRAM, not in host memory.
    */
   static async estimateMemory(settings: LlamaEngineSettings): Promise<number> {
     await checkGgufFile(settings.file);
     const llama = await getRuntime();
     const insights = await GgufInsights.from(await readGgufFileInfo(settings.file, { readTensorInfo: true }), llama);
-    const weights = await insights.estimateModelResourceRequirementsV2({ gpuLayers: 0, useMmap: settings.load === 'mmap' });
+    const useMmap = settings.load === 'mmap';
+    const { gpuLayers } = await insights.configurationResolver.resolveModelGpuLayersV2(gpuLayersOption(settings), {
+      useMmap,
+      defaultContextFlashAttention: settings.flashAttention ?? 'auto',
+    });
+    const weights = await insights.estimateModelResourceRequirementsV2({ gpuLayers, useMmap });
     const contexts = await insights.estimateContextResourceRequirementsV2({
       contextSize: settings.contextSize ?? Math.min(insights.trainContextSize ?? DEFAULT_CONTEXT_CAP, DEFAULT_CONTEXT_CAP),
-      modelGpuLayers: 0,
+      modelGpuLayers: gpuLayers,
       sequences: settings.parallel,
       ...(settings.batchSize !== undefined ? { batchSize: settings.batchSize } : {}),
     });
@@ -122,7 +146,7 @@ export class LlamaEngine implements ChatEngine {
     const llama = await getRuntime();
     let model: LlamaModel;
     try {
-      model = await llama.loadModel({ modelPath: settings.file, useMmap: settings.load === 'mmap' });
+      model = await llama.loadModel({ modelPath: settings.file, useMmap: settings.load === 'mmap', gpuLayers: gpuLayersOption(settings) });
     } catch (error) {
       // The reason reaches clients in a 503: it names the file, not where it lies.
       const reason = (error instanceof Error ? error.message : String(error)).replaceAll(settings.file, basename(settings.file));
@@ -163,6 +187,10 @@ export class LlamaEngine implements ChatEngine {
 
   capacity(): number {
     return this.pool.size;
+  }
+
+  status(): EngineStatus {
+    return { state: 'ready', gpuLayers: this.model.gpuLayers };
   }
 
   async start(request: ChatRequest, signal: AbortSignal): Promise<EngineRun> {

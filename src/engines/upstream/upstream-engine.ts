@@ -8,7 +8,7 @@
  */
 import { Pool } from 'undici';
 import type { ChatRequest } from '../../core/chat-request.js';
-import type { ChatEngine, EngineDescription, EngineRun } from '../../core/engine.js';
+import type { ChatEngine, EngineDescription, EngineRun, EngineStatus } from '../../core/engine.js';
 import type { Log } from '../../core/log.js';
 import { KilnError } from '../../errors/catalog.js';
 import { identitySecrets, transportCode, type UpstreamIdentity } from './upstream-errors.js';
@@ -90,6 +90,10 @@ export class UpstreamEngine implements ChatEngine {
 
   capacity(): number {
     return this.settings.maxConcurrency;
+  }
+
+  status(): EngineStatus {
+    return { state: 'upstream' };
   }
 
   async start(request: ChatRequest, signal: AbortSignal): Promise<EngineRun> {

@@ -4,7 +4,7 @@
  * a way worth retrying; deployments that keep failing are ejected for a while (health.ts).
  */
 import type { ChatRequest } from '../../core/chat-request.js';
-import { DeploymentFailure, type ChatEngine, type EngineDescription, type EngineRun } from '../../core/engine.js';
+import { DeploymentFailure, type ChatEngine, type EngineDescription, type EngineRun, type EngineStatus } from '../../core/engine.js';
 import type { Log } from '../../core/log.js';
 import { KilnError } from '../../errors/catalog.js';
 import { ActiveChecks } from './active-checks.js';
@@ -109,6 +109,15 @@ export class Router implements ChatEngine {
       else if (state === 'probing') total += 1;
     }
     return total;
+  }
+
+  /** A local deployment's status when the model has one (its memory and idle time), else `upstream`. */
+  status(): EngineStatus {
+    for (const { engine } of this.deployments) {
+      const status = engine.status?.();
+      if (status !== undefined && status.state !== 'upstream') return status;
+    }
+    return { state: 'upstream' };
   }
 
   /** Every deployment ejected and none due for a probe yet: answer at once instead of queueing. */
