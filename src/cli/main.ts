@@ -186,6 +186,7 @@ async function serve(flags: Flags, configOverride?: FileConfig): Promise<{ url: 
     ...(config.server?.keep_alive !== undefined ? { keepAlive: config.server.keep_alive } : {}),
     ...(config.server?.memory_budget_mb !== undefined ? { memoryBudgetMb: config.server.memory_budget_mb } : {}),
     ...(config.models_dir !== undefined ? { modelsDir: config.models_dir } : {}),
+    ...(gpu !== undefined ? { gpu } : {}),
   });
   const server = config.server ?? {};
   const app = buildHttpServer({
