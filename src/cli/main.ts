@@ -149,6 +149,16 @@ function upstreamConfig(flags: Flags, urls: string[]): FileConfig {
   return validateConfig({ models: [{ id, upstreams }] }, process.cwd(), 'command line');
 }
 
+/** Models given by `file:` alone must be there (one with a `source` may be missing until it is pulled). */
+async function checkModelFiles(config: FileConfig): Promise<void> {
+  for (const model of config.models) {
+    if (model.file === undefined || model.source !== undefined || model.enabled === false) continue;
+    await access(model.file).catch(() => {
+      throw new ConfigError(`model '${model.id}': file not found: ${model.file}`);
+    });
+  }
+}
+
 function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
 }
@@ -159,19 +169,15 @@ async function serve(flags: Flags, configOverride?: FileConfig): Promise<{ url: 
   const port = integerFlag(flags, 'port') ?? config.server?.port ?? 8000;
   const drainTimeoutMs = integerFlag(flags, 'drain-timeout-ms') ?? config.server?.drain_timeout_ms ?? DEFAULT_DRAIN_TIMEOUT_MS;
   const envKeys = (process.env.KILN_API_KEYS ?? '').split(',').map((key) => key.trim()).filter((key) => key !== '');
-  const apiKeys: ApiKey[] = [...(config.server?.api_keys ?? []), ...envKeys, ...(flags['api-key'] ?? [])].map((entry) =>
-    typeof entry === 'string' ? { key: entry, tier: 'pro' } : entry,
-  );
+  const adminKeys = (process.env.KILN_ADMIN_KEYS ?? '').split(',').map((key) => key.trim()).filter((key) => key !== '');
+  const apiKeys: ApiKey[] = [
+    ...[...(config.server?.api_keys ?? []), ...envKeys, ...(flags['api-key'] ?? [])].map((entry): ApiKey => (typeof entry === 'string' ? { key: entry, tier: 'pro' } : entry)),
+    ...adminKeys.map((key): ApiKey => ({ key, tier: 'pro', admin: true })),
+  ];
   if (!isLoopback(host) && apiKeys.length === 0 && !flags['insecure-no-auth']) {
     throw new ConfigError(`refusing to listen on ${host} without an API key: give --api-key (or KILN_API_KEYS), or --insecure-no-auth`);
   }
-  for (const model of config.models) {
-    // A model with a `source` may be missing until pulled: it answers 503 saying so instead of stopping the start.
-    if (model.file === undefined || model.source !== undefined) continue;
-    await access(model.file).catch(() => {
-      throw new ConfigError(`model '${model.id}': file not found: ${model.file}`);
-    });
-  }
+  await checkModelFiles(config);
 
   const gpu = flags.gpu === undefined ? config.server?.gpu : GPU_MODES.find((mode) => mode === flags.gpu);
   if (flags.gpu !== undefined && gpu === undefined) throw new ConfigError(`--gpu must be one of ${GPU_MODES.join(', ')}, got '${flags.gpu}'`);
@@ -189,6 +195,19 @@ async function serve(flags: Flags, configOverride?: FileConfig): Promise<{ url: 
     ...(gpu !== undefined ? { gpu } : {}),
   });
   const server = config.server ?? {};
+  // Models on and offline without a restart: the config file is read again and its models applied (SIGHUP or POST
+  // /admin/reload). Server settings other than the models need a restart.
+  const configFile = flags.config;
+  const reload =
+    configFile === undefined
+      ? undefined
+      : async () => {
+          const fresh = await loadConfigFile(configFile);
+          await checkModelFiles(fresh);
+          const summary = await kiln.reload(fresh.models);
+          app.log.info(summary, 'configuration reloaded');
+          return summary;
+        };
   const app = buildHttpServer({
     service: kiln.service,
     apiKeys,
@@ -198,6 +217,7 @@ async function serve(flags: Flags, configOverride?: FileConfig): Promise<{ url: 
     ...(server.headers_timeout_ms !== undefined ? { headersTimeoutMs: server.headers_timeout_ms } : {}),
     ...(server.body_timeout_ms !== undefined ? { bodyTimeoutMs: server.body_timeout_ms } : {}),
     logger,
+    ...(reload !== undefined ? { reload } : {}),
   });
   const url = await app.listen({ host, port });
   app.log.info(
@@ -232,6 +252,13 @@ async function serve(flags: Flags, configOverride?: FileConfig): Promise<{ url: 
     }
     process.exit(code);
   };
+  process.on('SIGHUP', () => {
+    if (reload === undefined) {
+      app.log.info('SIGHUP: nothing to reload (started without a config file)');
+      return;
+    }
+    reload().catch((error: unknown) => app.log.error({ reason: (error as Error).message }, 'SIGHUP: the configuration was not applied; the running one stays'));
+  });
   process.on('SIGINT', () => void shutdown('SIGINT'));
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   return { url, apiKeys };

@@ -77,6 +77,11 @@ const upstreamPolicySchema = z.strictObject({
 
 const modelSchema = z.strictObject({
   id: z.string().min(1),
+  /**
+   * false: listed but offline — requests get "model disabled" (SiliconFlow's 30003); a reload that sets it lets the
+   * model's requests in flight finish, then unloads it.
+   */
+  enabled: z.boolean().optional(),
   /** A local GGUF file served in-process (llama.cpp). */
   file: z.string().min(1).optional(),
   /**
@@ -131,7 +136,9 @@ const configSchema = z.strictObject({
       host: z.string().min(1).optional(),
       port: z.int().min(0).max(65535).optional(),
       /** A plain key may use every model; `{key, tier: free}` may not use `Pro/` ids (403). */
-      api_keys: z.array(z.union([z.string().min(1), z.strictObject({ key: z.string().min(1), tier: z.enum(['free', 'pro']) })])).optional(),
+      api_keys: z
+        .array(z.union([z.string().min(1), z.strictObject({ key: z.string().min(1), tier: z.enum(['free', 'pro']), admin: z.boolean().optional() })]))
+        .optional(),
       /**
        * Host memory all local models may take together, in MiB (default: 80% of the memory available at start). Before
        * a load, idle models are unloaded least recently used first to make room; a model that still cannot fit gets 503.

@@ -30,6 +30,8 @@ export interface HttpOptions {
   logStream?: NodeJS.WritableStream;
   /** A logger made by createLogger and shared with the engines (then logLevel and logStream are its own). */
   logger?: FastifyBaseLogger;
+  /** Re-reads the configuration and applies its models (POST /admin/reload); absent: nothing to reload. */
+  reload?: () => Promise<unknown>;
 }
 
 /** Kiln's pino logger: the server's and the engines' lines in one stream, requests logged without query strings. */
@@ -104,7 +106,7 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
       reply.header('connection', 'close');
       throw new KilnError('badRequest', { message: 'An HTTP/1.1 request needs a Host header.' });
     }
-    if (request.url.startsWith('/v1/')) callers.set(request, checkApiKey(request.headers.authorization, options.apiKeys));
+    if (request.url.startsWith('/v1/') || request.url.startsWith('/admin/')) callers.set(request, checkApiKey(request.headers.authorization, options.apiKeys));
   });
 
   // Methods per path, for 405 with `Allow` on a known path.
@@ -126,6 +128,18 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
   });
 
   app.get('/health', async () => ({ status: 'ok' }));
+  // Models on and offline without a restart; a configuration that cannot be applied is a 400 with its reason, and the
+  // running one stays.
+  app.post('/admin/reload', async (request) => {
+    if (callers.get(request)?.admin !== true) throw new KilnError('adminOnly');
+    if (options.reload === undefined) return { reloaded: false, reason: 'nothing to reload: the server was started without a config file' };
+    try {
+      return { reloaded: true, ...((await options.reload()) as object) };
+    } catch (error) {
+      if (error instanceof KilnError) throw error;
+      throw new KilnError('invalidParameter', { message: `The configuration was not applied: ${(error as Error).message}` });
+    }
+  });
   // SiliconFlow's filters: every model Kiln serves is a text chat model.
   app.get<{ Querystring: { type?: string; sub_type?: string } }>('/v1/models', async (request) => {
     const list = await options.service.listModels();

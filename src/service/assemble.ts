@@ -10,12 +10,11 @@ import type { LlamaEngineSettings } from '../engines/llama/llama-engine.js';
 import { configureRuntime, type GpuSetting } from '../engines/llama/runtime.js';
 import type { RequestLimits } from '../core/request-limits.js';
 import { modelFilePath, modelsDirectory } from '../models/hub-source.js';
-import { Admission } from './admission.js';
 import { MemoryBudget } from './memory-budget.js';
 import { ChatService } from './chat-service.js';
-import { createServingEngine, type DeploymentSpec, type EngineFactoryContext } from './engine-factory.js';
-import { ModelRegistry, type ServedModel } from './model-registry.js';
-import type { Router } from './routing/router.js';
+import type { DeploymentSpec, EngineFactoryContext } from './engine-factory.js';
+import { ModelRegistry } from './model-registry.js';
+import { ModelSet, type ModelPlan, type ReloadSummary } from './model-set.js';
 
 export const KILN_VERSION = '0.1.0';
 
@@ -38,6 +37,11 @@ const ENGINE_FIELDS = ['parallel', 'context_size', 'threads', 'batch_size', 'que
 export interface Kiln {
   service: ChatService;
   registry: ModelRegistry;
+  /**
+   * Serves a new model list without a restart (SIGHUP, POST /admin/reload): rejects, changing nothing, when it cannot
+   * be built. Server settings other than the models need a restart.
+   */
+  reload(models: ModelConfig[]): Promise<ReloadSummary>;
   close(): Promise<void>;
 }
 
@@ -59,53 +63,29 @@ export interface AssembleOptions {
 }
 
 export async function assembleKiln(configured: ModelConfig[], options: AssembleOptions = {}): Promise<Kiln> {
-  const modelsDir = modelsDirectory(options.modelsDir);
-  // A model named by its `source` is served from that source's place in the model cache.
-  const models = configured.map((model) => ({ ...model, file: modelFilePath(model, modelsDir) }));
-  checkSharedFiles(models);
-  configureRuntime({ gpu: options.gpu ?? 'auto', log: options.log ?? SILENT_LOG });
+  const log = options.log ?? SILENT_LOG;
+  configureRuntime({ gpu: options.gpu ?? 'auto', log });
   const registry = new ModelRegistry();
   const context: EngineFactoryContext = {
     policy: options.upstream ?? {},
-    log: options.log ?? SILENT_LOG,
+    log,
     env: options.env ?? process.env,
     llamaEngines: new Map(),
-    budget: new MemoryBudget(options.memoryBudgetMb !== undefined ? options.memoryBudgetMb * 2 ** 20 : Math.floor(freemem() * DEFAULT_BUDGET_SHARE), options.log ?? SILENT_LOG),
+    budget: new MemoryBudget(options.memoryBudgetMb !== undefined ? options.memoryBudgetMb * 2 ** 20 : Math.floor(freemem() * DEFAULT_BUDGET_SHARE), log),
     upstreamEngines: [],
   };
-  const served = new Map<string, ServedModel>();
-  const routers: Router[] = [];
-  const close = async () => {
-    await Promise.allSettled(routers.map((router) => router.close()));
-    await Promise.allSettled(context.upstreamEngines.map((engine) => engine.close()));
-    await Promise.allSettled([...context.llamaEngines.values()].map((engine) => engine.close()));
+  const models = new ModelSet(registry, context, log);
+  const apply = async (list: ModelConfig[]): Promise<ReloadSummary> => {
+    const { plans, disabled } = planModels(list, options);
+    const summary = await models.apply(plans, disabled);
+    // Models marked preload load now, together; the others on their first request.
+    await models.preload(plans.filter(({ model }) => model.preload === true).map(({ model }) => model.id));
+    return summary;
   };
   try {
-    const created = Math.floor(Date.now() / 1000);
-    for (const model of models) {
-      const specs = deploymentSpecs(model, options.keepAlive, modelsDir);
-      // Ids share a served model only when everything it is built from agrees (routing and queue settings too).
-      const key = JSON.stringify([specs, model.prefix_affinity, model.queue_depth, model.queue_wait_ms]);
-      let entry = served.get(key);
-      if (entry === undefined) {
-        const holder: { admission?: Admission } = {};
-        const { engine, router } = await createServingEngine(model, specs, context, () => holder.admission?.poke());
-        if (router !== undefined) routers.push(router);
-        holder.admission = new Admission(() => engine.capacity(), {
-          depth: model.queue_depth ?? MODEL_DEFAULTS.queueDepth,
-          waitMs: model.queue_wait_ms ?? MODEL_DEFAULTS.queueWaitMs,
-        });
-        entry = { engine, admission: holder.admission };
-        served.set(key, entry);
-      }
-      const local = specs.find((spec) => spec.kind === 'llama');
-      registry.add({ id: model.id, served: entry, ownedBy: model.owned_by ?? 'kiln', created, ...(local?.kind === 'llama' ? { file: local.settings.file } : {}) });
-    }
-    // Models marked preload load now, together; the others on their first request.
-    const preloads = models.filter((model) => model.preload === true && model.file !== undefined).map((model) => context.llamaEngines.get(model.file!)!);
-    await Promise.all([...new Set(preloads)].map((engine) => engine.preload()));
+    await apply(configured);
   } catch (error) {
-    await close();
+    await models.close();
     throw error;
   }
   const service = new ChatService(registry, {
@@ -113,7 +93,29 @@ export async function assembleKiln(configured: ModelConfig[], options: AssembleO
     limits: requestLimits(options.limits ?? {}),
     systemFingerprint: `kiln-${KILN_VERSION}`,
   });
-  return { service, registry, close };
+  // One reload at a time: a second waits for the first.
+  let reloading: Promise<unknown> = Promise.resolve();
+  const reload = (list: ModelConfig[]): Promise<ReloadSummary> => {
+    const next = reloading.then(() => apply(list));
+    reloading = next.catch(() => undefined);
+    return next;
+  };
+  return { service, registry, reload, close: () => models.close() };
+}
+
+/** What each enabled model is built from, and the ids switched off; checks the list as a whole first. */
+function planModels(configured: ModelConfig[], options: AssembleOptions): { plans: ModelPlan[]; disabled: string[] } {
+  const modelsDir = modelsDirectory(options.modelsDir);
+  // A model named by its `source` is served from that source's place in the model cache.
+  const enabled = configured.filter((model) => model.enabled !== false).map((model) => ({ ...model, file: modelFilePath(model, modelsDir) }));
+  checkSharedFiles(enabled);
+  const plans = enabled.map((model) => {
+    const specs = deploymentSpecs(model, options.keepAlive, modelsDir);
+    const queue = { depth: model.queue_depth ?? MODEL_DEFAULTS.queueDepth, waitMs: model.queue_wait_ms ?? MODEL_DEFAULTS.queueWaitMs };
+    // Ids share a served model only when everything it is built from agrees (routing and queue settings too).
+    return { model, specs, queue, key: JSON.stringify([specs, model.prefix_affinity, queue]) };
+  });
+  return { plans, disabled: configured.filter((model) => model.enabled === false).map((model) => model.id) };
 }
 
 /** Ids that load the same file share its engine, so they must agree on what the engine is built with. */
@@ -145,7 +147,8 @@ function deploymentSpecs(model: ModelConfig, serverKeepAlive: KeepAliveConfig | 
       retryFailedAfterMs: MODEL_DEFAULTS.retryFailedLoadAfterMs,
     };
     const file = { path: model.file, autoPull: model.auto_pull ?? false, modelsDir, ...(model.source !== undefined ? { source: model.source } : {}) };
-    specs.push({ kind: 'llama', settings: engineSettings(model, model.file), lifecycle, file });
+    const settings = engineSettings(model, model.file);
+    specs.push({ kind: 'llama', settings, lifecycle, file, key: JSON.stringify([settings, lifecycle, file]) });
   }
   if (model.file === undefined && model.upstreams === undefined) {
     throw new ConfigError(`model '${model.id}': no file to serve yet (its source must be pulled first: kiln pull ${model.id})`);

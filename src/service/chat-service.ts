@@ -36,6 +36,8 @@ export interface ChatServiceOptions {
 export interface Caller {
   /** May use `Pro/` model ids. */
   pro: boolean;
+  /** May use the admin endpoints. */
+  admin?: boolean;
 }
 
 export type ChatResult =

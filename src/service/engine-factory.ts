@@ -15,7 +15,14 @@ import { ManagedEngine, type LifecycleSettings } from './model-lifecycle.js';
 import { Router, type Deployment, type RoutingPolicy } from './routing/router.js';
 
 export type DeploymentSpec =
-  | { kind: 'llama'; settings: LlamaEngineSettings; lifecycle: LifecycleSettings; file: Omit<ModelFileSettings, 'modelId' | 'log'> }
+  | {
+      kind: 'llama';
+      settings: LlamaEngineSettings;
+      lifecycle: LifecycleSettings;
+      file: Omit<ModelFileSettings, 'modelId' | 'log'>;
+      /** What the engine is built from: ids with equal keys share one engine (a reload keeps it when unchanged). */
+      key: string;
+    }
   | { kind: 'upstream'; name: string; config: UpstreamConfig; reasoning: 'auto' | 'on' | 'off' };
 
 export const UPSTREAM_DEFAULTS = {
@@ -68,7 +75,7 @@ export interface EngineFactoryContext {
   policy: UpstreamPolicyConfig;
   log: Log;
   env: NodeJS.ProcessEnv;
-  /** Local engines by file, shared by every id that loads the same GGUF; each loads on demand. */
+  /** Local engines by spec key, shared by every id that loads the same GGUF the same way; each loads on demand. */
   llamaEngines: Map<string, ManagedEngine>;
   /** The host memory local models may take together. */
   budget: MemoryBudget;
@@ -78,7 +85,7 @@ export interface EngineFactoryContext {
 
 export function createEngine(spec: DeploymentSpec, modelId: string, context: EngineFactoryContext): Promise<ChatEngine> {
   if (spec.kind === 'llama') {
-    let engine = context.llamaEngines.get(spec.settings.file);
+    let engine = context.llamaEngines.get(spec.key);
     if (engine === undefined) {
       const { settings } = spec;
       const expected = {
@@ -100,7 +107,7 @@ export function createEngine(spec: DeploymentSpec, modelId: string, context: Eng
       };
       // Named by the first id that serves the file (ids sharing it are the same model, e.g. `X` and `Pro/X`).
       engine = new ManagedEngine(modelId, load, expected, spec.lifecycle, context.log, memory);
-      context.llamaEngines.set(settings.file, engine);
+      context.llamaEngines.set(spec.key, engine);
     }
     return Promise.resolve(engine);
   }

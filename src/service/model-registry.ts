@@ -26,7 +26,9 @@ export interface ModelEntry {
 const MIB = 2 ** 20;
 
 export class ModelRegistry {
-  private readonly entries = new Map<string, ModelEntry>();
+  private entries = new Map<string, ModelEntry>();
+  /** Ids taken offline (removed from the config or `enabled: false`): "model disabled", not "does not exist". */
+  private disabled = new Set<string>();
 
   add(entry: ModelEntry): void {
     if (this.entries.has(entry.id)) throw new Error(`model id '${entry.id}' is configured twice`);
@@ -35,8 +37,20 @@ export class ModelRegistry {
 
   resolve(id: string): ModelEntry {
     const entry = this.entries.get(id);
-    if (entry === undefined) throw new KilnError('modelNotFound', { param: 'model' });
-    return entry;
+    if (entry !== undefined) return entry;
+    if (this.disabled.has(id)) throw new KilnError('modelDisabled', { param: 'model', message: `Model '${id}' has been taken offline on this server.` });
+    throw new KilnError('modelNotFound', { param: 'model' });
+  }
+
+  /** The entry of `id`, if served. */
+  entry(id: string): ModelEntry | undefined {
+    return this.entries.get(id);
+  }
+
+  /** Swaps in a whole new set of entries at once (a reload); `disabled` ids answer "model disabled". */
+  replace(entries: readonly ModelEntry[], disabled: readonly string[]): void {
+    this.entries = new Map(entries.map((entry) => [entry.id, entry]));
+    this.disabled = new Set(disabled.filter((id) => !this.entries.has(id)));
   }
 
   /** OpenAI's model list, each entry with a `kiln` object saying where the model stands (ModelStatusWire). */
