@@ -162,6 +162,15 @@ describe('upstream failures before the first event', { timeout: 15_000 }, () => 
   });
 });
 
+describe('the first token, not the role chunk, is what start waits for', { timeout: 15_000 }, () => {
+  test('an upstream that dies after its role-only chunk (during its prefill) fails start, so it can be failed over', async () => {
+    const upstream = await serve(() => ({ kind: 'sse', chunks: [chunk({ role: 'assistant', content: '' }), chunk({ content: 'a' }), chunk({}, 'stop')], closeAfter: 1 }));
+    const engine = upstreamEngine(upstream);
+    await assert.rejects(engine.start(chatRequest(), new AbortController().signal), (error) => error instanceof DeploymentFailure && error.retryable && error.unhealthy);
+    await engine.close();
+  });
+});
+
 describe('upstream failures after the first event', { timeout: 15_000 }, () => {
   test('the connection closing mid-stream: the choice throws upstreamUnavailable', async () => {
     const upstream = await serve(() => ({ kind: 'sse', chunks: [chunk({ content: 'a' }), chunk({ content: 'b' }), chunk({}, 'stop')], closeAfter: 2 }));

@@ -101,9 +101,21 @@ export function chunkError(chunk: Record<string, unknown>): string | undefined {
   return typeof message === 'string' ? message : 'unknown error';
 }
 
-/** A chunk says generation has begun: it carries a choice or the usage. */
+/**
+ * A chunk says generation has begun: it carries text (content, reasoning, a tool call), a finish reason or the usage.
+ * A role-only first delta does not count: servers send it before their prefill, and an upstream that dies during the
+ * prefill can still be failed over — its first token is what start waits for (and what first_token_timeout bounds).
+ */
 export function isProgress(chunk: Record<string, unknown>): boolean {
-  return (Array.isArray(chunk.choices) && chunk.choices.length > 0) || record(chunk.usage) !== undefined;
+  if (record(chunk.usage) !== undefined) return true;
+  if (!Array.isArray(chunk.choices) || chunk.choices.length === 0) return false;
+  const choice = record(chunk.choices[0]);
+  if (choice === undefined) return false;
+  if (typeof choice.finish_reason === 'string') return true;
+  const delta = record(choice.delta) ?? record(choice.message);
+  if (delta === undefined) return false;
+  const text = (value: unknown) => typeof value === 'string' && value !== '';
+  return text(delta.content) || text(delta.reasoning_content) || text(delta.reasoning) || text(delta.thinking) || (Array.isArray(delta.tool_calls) && delta.tool_calls.length > 0);
 }
 
 /**
