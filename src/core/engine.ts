@@ -106,6 +106,37 @@ export interface ChatEngine {
 }
 
 /**
+ * A run that passes another through, for wrappers that watch it (a router's accounting, a model's hold). Getters, not
+ * copies: an upstream learns its usage only with the end of its response.
+ */
+export abstract class RunWrapper implements EngineRun {
+  constructor(protected readonly inner: EngineRun) {}
+
+  get promptTokens(): number {
+    return this.inner.promptTokens;
+  }
+
+  get cachedTokens(): number {
+    return this.inner.cachedTokens;
+  }
+
+  get reasoning(): ReasoningMode {
+    return this.inner.reasoning;
+  }
+
+  get maxTokens(): number {
+    return this.inner.maxTokens;
+  }
+
+  get deployment(): string | undefined {
+    return this.inner.deployment;
+  }
+
+  abstract choice(index: number): AsyncGenerator<EngineEvent, void, undefined>;
+  abstract dispose(): void;
+}
+
+/**
  * How one deployment failed before its response began: a router may try another deployment when `retryable` (connect
  * errors, timeouts, 429 and 5xx), and answers `error` when it may not or when no attempt is left. `unhealthy` says
  * whether the failure counts against the deployment's health (a 429 is load, not sickness).

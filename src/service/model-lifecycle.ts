@@ -9,7 +9,7 @@
  * again after a pause, not on every request.
  */
 import type { ChatRequest } from '../core/chat-request.js';
-import type { ChatEngine, EngineDescription, EngineEvent, EngineRun, EngineStatus, ReasoningMode } from '../core/engine.js';
+import { RunWrapper, type ChatEngine, type EngineDescription, type EngineEvent, type EngineRun, type EngineStatus } from '../core/engine.js';
 import type { Log } from '../core/log.js';
 import { KilnError } from '../errors/catalog.js';
 import type { BudgetMember, MemoryBudget } from './memory-budget.js';
@@ -269,34 +269,16 @@ function reasonOf(error: unknown): string {
  * A run that releases its hold on the model once it is disposed and every choice it started has ended (a request that
  * failed early is disposed while its other choices may still be finishing: the model must not unload under them).
  */
-class HeldRun implements EngineRun {
+class HeldRun extends RunWrapper {
   private disposed = false;
   private running = 0;
   private released = false;
 
   constructor(
-    private readonly inner: EngineRun,
+    inner: EngineRun,
     private readonly onRelease: () => void,
-  ) {}
-
-  get promptTokens(): number {
-    return this.inner.promptTokens;
-  }
-
-  get cachedTokens(): number {
-    return this.inner.cachedTokens;
-  }
-
-  get reasoning(): ReasoningMode {
-    return this.inner.reasoning;
-  }
-
-  get maxTokens(): number {
-    return this.inner.maxTokens;
-  }
-
-  get deployment(): string | undefined {
-    return this.inner.deployment;
+  ) {
+    super(inner);
   }
 
   async *choice(index: number): AsyncGenerator<EngineEvent, void, undefined> {

@@ -2,7 +2,7 @@
  * A deployment's run as the router hands it out: events pass through unchanged, while the router learns when each
  * choice's generation ends (its slot is free again) and how (the deployment's health).
  */
-import type { EngineEvent, EngineRun, ReasoningMode } from '../../core/engine.js';
+import { RunWrapper, type EngineEvent, type EngineRun } from '../../core/engine.js';
 
 export type RunOutcome = 'success' | 'failure' | 'neutral';
 
@@ -17,39 +17,27 @@ export interface RunListener {
 
 type ChoiceState = 'pending' | 'running' | 'ended';
 
-export class RoutedRun implements EngineRun {
+export class RoutedRun extends RunWrapper {
   private readonly states: ChoiceState[];
   private unsettled: number;
   private failure = false;
   private clean = false;
 
   constructor(
-    private readonly inner: EngineRun,
+    inner: EngineRun,
     /** The deployment that serves this run (its name: safe to log). */
-    readonly deployment: string,
+    private readonly served: string,
     choices: number,
     private readonly signal: AbortSignal,
     private readonly listener: RunListener,
   ) {
+    super(inner);
     this.states = Array.from({ length: choices }, () => 'pending');
     this.unsettled = choices;
   }
 
-  // Getters, not copies: an upstream learns its usage only with the end of its response.
-  get promptTokens(): number {
-    return this.inner.promptTokens;
-  }
-
-  get cachedTokens(): number {
-    return this.inner.cachedTokens;
-  }
-
-  get reasoning(): ReasoningMode {
-    return this.inner.reasoning;
-  }
-
-  get maxTokens(): number {
-    return this.inner.maxTokens;
+  override get deployment(): string {
+    return this.served;
   }
 
   choice(index: number): AsyncGenerator<EngineEvent, void, undefined> {
