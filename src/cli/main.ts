@@ -191,6 +191,7 @@ async function serve(flags: Flags, configOverride?: FileConfig): Promise<{ url: 
     ...(config.server?.upstream !== undefined ? { upstream: config.server.upstream } : {}),
     ...(config.server?.keep_alive !== undefined ? { keepAlive: config.server.keep_alive } : {}),
     ...(config.server?.memory_budget_mb !== undefined ? { memoryBudgetMb: config.server.memory_budget_mb } : {}),
+    ...(config.server?.vram_budget_mb !== undefined ? { vramBudgetMb: config.server.vram_budget_mb } : {}),
     ...(config.models_dir !== undefined ? { modelsDir: config.models_dir } : {}),
     ...(gpu !== undefined ? { gpu } : {}),
   });

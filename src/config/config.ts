@@ -144,6 +144,8 @@ const configSchema = z.strictObject({
        * a load, idle models are unloaded least recently used first to make room; a model that still cannot fit gets 503.
        */
       memory_budget_mb: z.int().min(1).optional(),
+      /** GPU memory local models may take together, in MiB (default: 80% of the VRAM free at the first load). */
+      vram_budget_mb: z.int().min(1).optional(),
       /** Idle time before a local model unloads, for models that set none (default 5 minutes, like Ollama). */
       keep_alive: keepAliveSchema.optional(),
       /**

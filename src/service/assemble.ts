@@ -6,7 +6,7 @@
 import { freemem } from 'node:os';
 import { ConfigError, keepAliveMs, type KeepAliveConfig, type LimitsConfig, type ModelConfig, type UpstreamPolicyConfig } from '../config/config.js';
 import { SILENT_LOG, type Log } from '../core/log.js';
-import type { LlamaEngineSettings } from '../engines/llama/llama-engine.js';
+import { LlamaEngine, type LlamaEngineSettings } from '../engines/llama/llama-engine.js';
 import { configureRuntime, type GpuSetting } from '../engines/llama/runtime.js';
 import type { RequestLimits } from '../core/request-limits.js';
 import { modelFilePath, modelsDirectory } from '../models/hub-source.js';
@@ -51,6 +51,8 @@ export interface AssembleOptions {
   upstream?: UpstreamPolicyConfig;
   /** Host memory local models may take together (default: DEFAULT_BUDGET_SHARE of the memory available at start). */
   memoryBudgetMb?: number;
+  /** GPU memory they may take together (default: DEFAULT_BUDGET_SHARE of the VRAM free at the first load). */
+  vramBudgetMb?: number;
   /** The model cache (config `models_dir`; default KILN_MODELS_DIR, else under the user's cache directory). */
   modelsDir?: string;
   /** Server-wide keep_alive for local models that set none. */
@@ -71,7 +73,13 @@ export async function assembleKiln(configured: ModelConfig[], options: AssembleO
     log,
     env: options.env ?? process.env,
     llamaEngines: new Map(),
-    budget: new MemoryBudget(options.memoryBudgetMb !== undefined ? options.memoryBudgetMb * 2 ** 20 : Math.floor(freemem() * DEFAULT_BUDGET_SHARE), log),
+    budget: new MemoryBudget(
+      {
+        ram: options.memoryBudgetMb !== undefined ? options.memoryBudgetMb * 2 ** 20 : Math.floor(freemem() * DEFAULT_BUDGET_SHARE),
+        vram: async () => (options.vramBudgetMb !== undefined ? options.vramBudgetMb * 2 ** 20 : Math.floor((await LlamaEngine.freeVram()) * DEFAULT_BUDGET_SHARE)),
+      },
+      log,
+    ),
     upstreamEngines: [],
   };
   const models = new ModelSet(registry, context, log);

@@ -12,7 +12,7 @@ import type { ChatRequest } from '../core/chat-request.js';
 import { RunWrapper, type ChatEngine, type EngineDescription, type EngineEvent, type EngineRun, type EngineStatus } from '../core/engine.js';
 import type { Log } from '../core/log.js';
 import { KilnError } from '../errors/catalog.js';
-import type { BudgetMember, MemoryBudget } from './memory-budget.js';
+import type { BudgetMember, MemoryBudget, MemoryNeed } from './memory-budget.js';
 
 export type ModelState = 'unloaded' | 'loading' | 'ready' | 'draining';
 
@@ -34,7 +34,7 @@ export interface ExpectedEngine {
 /** The memory budget a model loads under, and how to estimate what its load takes. */
 export interface BudgetedLoad {
   budget: MemoryBudget;
-  estimate(): Promise<number>;
+  estimate(): Promise<MemoryNeed>;
 }
 
 export class ManagedEngine implements ChatEngine, BudgetMember {
@@ -177,12 +177,13 @@ export class ManagedEngine implements ChatEngine, BudgetMember {
     await this.draining;
     const began = performance.now();
     try {
-      const needBytes = await this.memory?.estimate();
-      this.estimatedBytes = needBytes;
-      this.log.info({ model: this.name, ...(needBytes !== undefined ? { estimateMiB: Math.ceil(needBytes / 2 ** 20) } : {}) }, 'model loading');
-      if (needBytes !== undefined) {
+      const need = await this.memory?.estimate();
+      this.estimatedBytes = need?.ram;
+      const estimate = need === undefined ? {} : { estimateMiB: Math.ceil(need.ram / 2 ** 20), ...(need.vram > 0 ? { estimateVramMiB: Math.ceil(need.vram / 2 ** 20) } : {}) };
+      this.log.info({ model: this.name, ...estimate }, 'model loading');
+      if (need !== undefined) {
         try {
-          await this.memory!.budget.reserve(this, needBytes);
+          await this.memory!.budget.reserve(this, need);
         } catch (error) {
           this.log.warn({ model: this.name, reason: reasonOf(error) }, 'model does not fit the memory budget');
           throw error;

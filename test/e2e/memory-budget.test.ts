@@ -17,7 +17,7 @@ before(async () => {
   const b = await ensureTinyModel({ ...small, name: 'budget-b', seed: 2 });
   const big = await ensureTinyModel({ embeddingLength: 512, layers: 12, feedForwardLength: 2048, name: 'budget-big' });
   const settings = (file: string) => ({ file, parallel: 2, contextSize: 512 });
-  estimates = await Promise.all([a, b, big].map((file) => LlamaEngine.estimateMemory(settings(file))));
+  estimates = await Promise.all([a, b, big].map(async (file) => (await LlamaEngine.estimateMemory(settings(file))).ram));
   // Room for one of the small models, not two; the big one never fits.
   const budgetMb = Math.ceil((estimates[0]! * 1.5) / 2 ** 20);
   assert.ok(estimates[2]! > budgetMb * 2 ** 20, 'the big model must exceed the budget');

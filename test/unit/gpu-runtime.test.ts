@@ -39,8 +39,9 @@ test('gpu_layers on the CPU: nothing offloaded, the same host memory estimate as
   const file = await ensureTinyModel();
   const base = { file, parallel: 2, contextSize: 256, threads: 1 };
   const none = await LlamaEngine.estimateMemory({ ...base, gpuLayers: 0 });
-  assert.equal(await LlamaEngine.estimateMemory({ ...base, gpuLayers: 'max' }), none);
-  assert.equal(await LlamaEngine.estimateMemory(base), none);
+  assert.deepEqual(await LlamaEngine.estimateMemory({ ...base, gpuLayers: 'max' }), none);
+  assert.deepEqual(await LlamaEngine.estimateMemory(base), none);
+  assert.equal(none.vram, 0, 'nothing on a GPU without one');
   const engine = await LlamaEngine.load({ ...base, gpuLayers: 'max' });
   try {
     assert.deepEqual(engine.status(), { state: 'ready', gpuLayers: 0 });

@@ -61,7 +61,7 @@ test('registry listing: unloaded, loading, ready (memory, idle, gpu layers), ups
     { description: { name: 'fake', supportsImages: false }, capacity: 2 },
     { keepAliveMs: -1, loadWaitMs: 10_000, retryFailedAfterMs: 1_000 },
     SILENT_LOG,
-    { budget: new MemoryBudget(Infinity, SILENT_LOG), estimate: async () => 3 * 2 ** 20 + 1 },
+    { budget: new MemoryBudget({ ram: Infinity, vram: async () => Infinity }, SILENT_LOG), estimate: async () => ({ ram: 3 * 2 ** 20 + 1, vram: 0 }) },
   );
   const upstream = testRouter([{ engine: new FakeEngine('u') }]).router;
   const admission = (engine: ChatEngine) => new Admission(() => engine.capacity(), { depth: 4, waitMs: 1000 });

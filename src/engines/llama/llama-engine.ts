@@ -122,7 +122,7 @@ export class LlamaEngine implements ChatEngine {
    * the load would offload (resolved as the load resolves them, against the VRAM free now) are left out: their
    * weights and KV cache sit in VRAM, not in host memory.
    */
-  static async estimateMemory(settings: LlamaEngineSettings): Promise<number> {
+  static async estimateMemory(settings: LlamaEngineSettings): Promise<{ ram: number; vram: number }> {
     await checkGgufFile(settings.file);
     const llama = await getRuntime();
     const insights = await GgufInsights.from(await readGgufFileInfo(settings.file, { readTensorInfo: true }), llama);
@@ -138,7 +138,14 @@ export class LlamaEngine implements ChatEngine {
       sequences: settings.parallel,
       ...(settings.batchSize !== undefined ? { batchSize: settings.batchSize } : {}),
     });
-    return weights.cpuRam + contexts.cpuRam;
+    return { ram: weights.cpuRam + contexts.cpuRam, vram: weights.gpuVram + contexts.gpuVram };
+  }
+
+  /** Free GPU memory now (0 without a GPU backend): the default VRAM budget is most of it. */
+  static async freeVram(): Promise<number> {
+    const llama = await getRuntime();
+    if (llama.gpu === false) return 0;
+    return (await llama.getVramState()).free;
   }
 
   static async load(settings: LlamaEngineSettings): Promise<LlamaEngine> {
