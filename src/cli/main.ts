@@ -11,9 +11,7 @@ import { buildHttpServer, createLogger } from '../http/server.js';
 import { closeGracefully } from '../http/shutdown.js';
 import type { ApiKey } from '../http/auth.js';
 import { assembleKiln } from '../service/assemble.js';
-import { modelsDirectory } from '../models/hub-source.js';
-import { PullError, pullModel } from '../models/pull.js';
-import { formatBytes, progressFor } from '../models/progress.js';
+import { pullCommand } from './pull-command.js';
 import { defaultServerUrl, modelsCommand } from './models-command.js';
 
 const DEFAULT_DRAIN_TIMEOUT_MS = 30_000;
@@ -93,7 +91,7 @@ export async function main(argv: string[]): Promise<void> {
   try {
     if (command === 'serve') await serve(flags);
     else if (command === 'demo') await demo(flags);
-    else if (command === 'pull') await pull(flags, positionals.slice(1));
+    else if (command === 'pull') await pullCommand(positionals.slice(1), flags.config);
     else if (command === 'models') await models(flags);
     else fail(`unknown command '${command}'`);
   } catch (error) {
@@ -281,34 +279,6 @@ async function demo(flags: Flags): Promise<void> {
       `  curl ${url}/v1/chat/completions -H 'content-type: application/json' -d '{"model":"${id}","messages":[{"role":"user","content":"Hi"}],"stream":true}'\n` +
       `To serve a real model instead: npx kiln serve --model /path/to/model.gguf\n`,
   );
-}
-
-/** `kiln pull <source | configured id>`: download into the model cache; exits 1 with the reason when it cannot. */
-async function pull(flags: Flags, targets: string[]): Promise<void> {
-  if (targets.length !== 1) throw new ConfigError('kiln pull takes one hf:owner/repo/file.gguf source, URL or configured model id');
-  const target = targets[0]!;
-  const config = flags.config !== undefined ? await loadConfigFile(flags.config) : undefined;
-  let source = target;
-  let dest: string | undefined;
-  if (!/^(hf:|https?:\/\/)/.test(target)) {
-    if (config === undefined) throw new ConfigError(`'${target}' is not hf:owner/repo/file.gguf or a URL; to pull a configured model id, give --config`);
-    const model = config.models.find((entry) => entry.id === target);
-    if (model === undefined) throw new ConfigError(`no model '${target}' in ${flags.config}`);
-    if (model.source === undefined) throw new ConfigError(`model '${target}' has no 'source' to pull from`);
-    source = model.source;
-    dest = model.file;
-  }
-  try {
-    const result = await pullModel(source, { modelsDir: modelsDirectory(config?.models_dir), dest, progress: progressFor(process.stderr) });
-    const how = result.alreadyPresent
-      ? 'already present'
-      : `downloaded ${formatBytes(result.bytesReceived)} in ${result.seconds.toFixed(1)} s (${formatBytes(result.bytesReceived / Math.max(result.seconds, 1e-3))}/s)`;
-    process.stdout.write(`${result.path}\n${how}, ${formatBytes(result.size)}${result.verified ? ', sha256 verified' : ''}\n`);
-  } catch (error) {
-    if (!(error instanceof PullError)) throw error;
-    process.stderr.write(`kiln pull: ${error.message}\n`);
-    process.exit(1);
-  }
 }
 
 /** `kiln models`: the config's ids and what the disk holds, with the running server's view when one answers. */
