@@ -167,10 +167,10 @@ async function serve(flags: Flags, configOverride?: FileConfig): Promise<{ url: 
   const port = integerFlag(flags, 'port') ?? config.server?.port ?? 8000;
   const drainTimeoutMs = integerFlag(flags, 'drain-timeout-ms') ?? config.server?.drain_timeout_ms ?? DEFAULT_DRAIN_TIMEOUT_MS;
   const envKeys = (process.env.KILN_API_KEYS ?? '').split(',').map((key) => key.trim()).filter((key) => key !== '');
-  const adminKeys = (process.env.KILN_ADMIN_KEYS ?? '').split(',').map((key) => key.trim()).filter((key) => key !== '');
+  const adminKey = process.env.KILN_ADMIN_KEY ?? config.server?.admin_key;
   const apiKeys: ApiKey[] = [
     ...[...(config.server?.api_keys ?? []), ...envKeys, ...(flags['api-key'] ?? [])].map((entry): ApiKey => (typeof entry === 'string' ? { key: entry, tier: 'pro' } : entry)),
-    ...adminKeys.map((key): ApiKey => ({ key, tier: 'pro', admin: true })),
+    ...(adminKey !== undefined && adminKey !== '' ? [{ key: adminKey, tier: 'pro' as const, admin: true }] : []),
   ];
   if (!isLoopback(host) && apiKeys.length === 0 && !flags['insecure-no-auth']) {
     throw new ConfigError(`refusing to listen on ${host} without an API key: give --api-key (or KILN_API_KEYS), or --insecure-no-auth`);

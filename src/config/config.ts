@@ -137,8 +137,10 @@ const configSchema = z.strictObject({
       port: z.int().min(0).max(65535).optional(),
       /** A plain key may use every model; `{key, tier: free}` may not use `Pro/` ids (403). */
       api_keys: z
-        .array(z.union([z.string().min(1), z.strictObject({ key: z.string().min(1), tier: z.enum(['free', 'pro']), admin: z.boolean().optional() })]))
+        .array(z.union([z.string().min(1), z.strictObject({ key: z.string().min(1), tier: z.enum(['free', 'pro']) })]))
         .optional(),
+      /** The key for the admin endpoints (POST /admin/reload), also a pro key for the API; or KILN_ADMIN_KEY. */
+      admin_key: z.string().min(1).optional(),
       /**
        * Host memory all local models may take together, in MiB (default: 80% of the memory available at start). Before
        * a load, idle models are unloaded least recently used first to make room; a model that still cannot fit gets 503.

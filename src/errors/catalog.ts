@@ -33,7 +33,6 @@ export const ErrorCatalog = {
   notSupported: { status: 400, type: 'invalid_request_error', siliconflowCode: 20015, code: 'unsupported_parameter', message: 'This parameter is not supported yet.' },
   missingApiKey: { status: 401, type: 'authentication_error', siliconflowCode: 20001, code: 'missing_api_key', message: 'Missing API key. Send it as "Authorization: Bearer <key>".' },
   invalidApiKey: { status: 401, type: 'authentication_error', siliconflowCode: 20001, code: 'invalid_api_key', message: 'Invalid API key.' },
-  adminOnly: { status: 403, type: 'permission_error', siliconflowCode: 30003, code: 'admin_only', message: 'This endpoint needs an admin API key.' },
   modelNotAllowed: { status: 403, type: 'permission_error', siliconflowCode: 30003, code: 'model_not_allowed', message: 'This API key may not use this model.' },
   notFound: { status: 404, type: 'not_found_error', siliconflowCode: 20404, code: 'not_found', message: 'Not found.' },
   badRequest: { status: 400, type: 'invalid_request_error', siliconflowCode: 20015, code: 'bad_request', message: 'Malformed HTTP request.' },

@@ -131,7 +131,8 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
   // Models on and offline without a restart; a configuration that cannot be applied is a 400 with its reason, and the
   // running one stays.
   app.post('/admin/reload', async (request) => {
-    if (callers.get(request)?.admin !== true) throw new KilnError('adminOnly');
+    // To other keys the admin routes do not exist.
+    if (callers.get(request)?.admin !== true) throw new KilnError('notFound', { message: `No route for ${request.method} ${pathOf(request.url)}.` });
     if (options.reload === undefined) return { reloaded: false, reason: 'nothing to reload: the server was started without a config file' };
     try {
       return { reloaded: true, ...((await options.reload()) as object) };
