@@ -80,7 +80,6 @@ export async function assembleKiln(configured: ModelConfig[], options: AssembleO
       },
       log,
     ),
-    upstreamEngines: [],
   };
   const models = new ModelSet(registry, context, log);
   const apply = async (list: ModelConfig[]): Promise<ReloadSummary> => {

@@ -79,11 +79,10 @@ export interface EngineFactoryContext {
   llamaEngines: Map<string, ManagedEngine>;
   /** The host memory local models may take together. */
   budget: MemoryBudget;
-  /** Every upstream engine made, for closing. */
-  upstreamEngines: ChatEngine[];
 }
 
-export function createEngine(spec: DeploymentSpec, modelId: string, context: EngineFactoryContext): Promise<ChatEngine> {
+/** A deployment's engine: the shared local engine of its file, or a new upstream engine (its owner closes it). */
+function createEngine(spec: DeploymentSpec, modelId: string, context: EngineFactoryContext): ChatEngine {
   if (spec.kind === 'llama') {
     let engine = context.llamaEngines.get(spec.key);
     if (engine === undefined) {
@@ -109,11 +108,11 @@ export function createEngine(spec: DeploymentSpec, modelId: string, context: Eng
       engine = new ManagedEngine(modelId, load, expected, spec.lifecycle, context.log, memory);
       context.llamaEngines.set(spec.key, engine);
     }
-    return Promise.resolve(engine);
+    return engine;
   }
   const { config } = spec;
   const apiKey = apiKeyOf(modelId, spec.name, config, context.env);
-  const engine = new UpstreamEngine({
+  return new UpstreamEngine({
     name: spec.name,
     baseUrl: config.url,
     model: config.model,
@@ -123,21 +122,24 @@ export function createEngine(spec: DeploymentSpec, modelId: string, context: Eng
     timeouts: upstreamTimeouts(context.policy),
     log: context.log,
   });
-  context.upstreamEngines.push(engine);
-  return Promise.resolve(engine);
 }
 
-/** The engine serving one model id: its only local engine, or a router over all its deployments. */
-export async function createServingEngine(
+/**
+ * The engine serving one model id: its only local engine, or a router over all its deployments; with the upstream
+ * engines made for it (closed with it — local engines are shared and closed by whoever tracks their users).
+ */
+export function createServingEngine(
   model: ModelConfig,
   specs: DeploymentSpec[],
   context: EngineFactoryContext,
   onCapacityChange: () => void,
-): Promise<{ engine: ChatEngine; router?: Router }> {
-  if (specs.length === 1 && specs[0]!.kind === 'llama') return { engine: await createEngine(specs[0]!, model.id, context) };
+): { engine: ChatEngine; router?: Router; upstreams: ChatEngine[] } {
+  if (specs.length === 1 && specs[0]!.kind === 'llama') return { engine: createEngine(specs[0]!, model.id, context), upstreams: [] };
   const deployments: Deployment[] = [];
+  const upstreams: ChatEngine[] = [];
   for (const spec of specs) {
-    const engine = await createEngine(spec, model.id, context);
+    const engine = createEngine(spec, model.id, context);
+    if (spec.kind === 'upstream') upstreams.push(engine);
     deployments.push(
       spec.kind === 'llama'
         ? { name: `${model.id}#local`, engine, weight: UPSTREAM_DEFAULTS.weight, maxConcurrency: engine.capacity() }
@@ -150,5 +152,5 @@ export async function createServingEngine(
     );
   }
   const router = new Router(model.id, deployments, routingPolicy(model, context.policy), { log: context.log, onCapacityChange });
-  return { engine: router, router };
+  return { engine: router, router, upstreams };
 }

@@ -134,10 +134,6 @@ export class ManagedEngine implements ChatEngine, BudgetMember {
     return new HeldRun(run, () => this.release());
   }
 
-  async probe(signal: AbortSignal): Promise<void> {
-    await this.engine?.probe?.(signal);
-  }
-
   /** Unloads whatever holds it: shutdown, after the HTTP layer ended every request. */
   async close(): Promise<void> {
     this.closed = true;

@@ -67,7 +67,7 @@ export class ModelSet {
           next.set(plan.key, kept);
           continue;
         }
-        const record = await this.build(plan);
+        const record = this.build(plan);
         made.push(record);
         next.set(plan.key, record);
       }
@@ -113,12 +113,10 @@ export class ModelSet {
     await Promise.allSettled([...this.records.values()].map((record) => this.closeRecord(record, new Set())));
   }
 
-  private async build(plan: ModelPlan): Promise<ServedRecord> {
-    const upstreamsBefore = this.context.upstreamEngines.length;
+  private build(plan: ModelPlan): ServedRecord {
     const holder: { admission?: Admission } = {};
-    const { engine, router } = await createServingEngine(plan.model, plan.specs, this.context, () => holder.admission?.poke());
+    const { engine, router, upstreams } = createServingEngine(plan.model, plan.specs, this.context, () => holder.admission?.poke());
     holder.admission = new Admission(() => engine.capacity(), plan.queue);
-    const upstreams = this.context.upstreamEngines.splice(upstreamsBefore);
     const locals = plan.specs.flatMap((spec) => (spec.kind === 'llama' ? [this.context.llamaEngines.get(spec.key)!] : []));
     return { served: { engine, admission: holder.admission }, ...(router !== undefined ? { router } : {}), upstreams, locals };
   }
