@@ -13,9 +13,8 @@ import { availableParallelism, platform } from 'node:os';
 import { getLlama, getLlamaGpuTypes, LlamaLogLevel, NoBinaryFoundError, type Llama, type LlamaGpuType } from 'node-llama-cpp';
 import { SILENT_LOG, type Log } from '../../core/log.js';
 
-/** `server.gpu` in the config. */
-export const GPU_SETTINGS = ['auto', 'cuda', 'vulkan', 'metal', 'off'] as const;
-export type GpuSetting = (typeof GPU_SETTINGS)[number];
+/** `server.gpu` in the config (config.ts GPU_MODES lists the same values for validation). */
+export type GpuSetting = 'auto' | 'cuda' | 'vulkan' | 'metal' | 'off';
 
 /** Which backend the runtime uses, and why: logged once, at the first load. */
 export interface RuntimeBackend {
