@@ -31,6 +31,20 @@ export function keepAliveMs(value: z.infer<typeof keepAliveSchema>): number {
   return Math.round(Number(match[1]) * unit);
 }
 
+/** Requests and tokens (prompt + completion) per minute. */
+const rateLimitsSchema = z.strictObject({ rpm: z.int().min(1).optional(), tpm: z.int().min(1).optional() });
+
+/** A key in the config file, limited like one made by `kiln keys create`. */
+const configKeySchema = z.strictObject({
+  key: z.string().min(1),
+  name: z.string().min(1).max(64).optional(),
+  tier: z.enum(['free', 'pro']).optional(),
+  rpm: z.int().min(1).optional(),
+  tpm: z.int().min(1).optional(),
+  /** Model id globs the key may use (`*` any run of characters), e.g. `Qwen/*`; unset: all. */
+  models: z.array(z.string().min(1)).min(1).optional(),
+});
+
 /** One OpenAI-compatible server that serves a model (vLLM, SGLang, llama-server, Ollama's /v1, TGI, another Kiln). */
 const upstreamSchema = z.strictObject({
   /** Its OpenAI base URL, e.g. `http://gpu-node:8000/v1` (Kiln posts to `<url>/chat/completions`). Never logged. */
@@ -126,21 +140,41 @@ const modelSchema = z.strictObject({
    */
   gpu_layers: z.union([z.int().min(0), z.enum(['auto', 'max'])]).optional(),
   owned_by: z.string().optional(),
+  /** Per key on this id: each key's requests and tokens per minute here, on top of the key's own limits. */
+  rate_limits: rateLimitsSchema.optional(),
 });
 
 const configSchema = z.strictObject({
   /** The model cache `kiln pull` downloads into (default: $KILN_MODELS_DIR, else ~/.cache/kiln/models). */
   models_dir: z.string().min(1).optional(),
+  /** Where the embedded store (SQLite: keys, usage) lives (default: $KILN_DATA_DIR, else ~/.local/share/kiln). */
+  data_dir: z.string().min(1).optional(),
+  /** PostgreSQL instead of SQLite, for several Kiln instances (or DATABASE_URL): postgres://user@host:5432/db. */
+  database_url: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL').optional(),
+  /** Rate-limit counters in Redis, shared by every instance (or REDIS_URL): redis://host:6379. */
+  redis_url: z.string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL').optional(),
   server: z
     .strictObject({
       host: z.string().min(1).optional(),
       port: z.int().min(0).max(65535).optional(),
-      /** A plain key may use every model; `{key, tier: free}` may not use `Pro/` ids (403). */
-      api_keys: z
-        .array(z.union([z.string().min(1), z.strictObject({ key: z.string().min(1), tier: z.enum(['free', 'pro']) })]))
-        .optional(),
-      /** The key for the admin endpoints (POST /admin/reload), also a pro key for the API; or KILN_ADMIN_KEY. */
+      /**
+       * Keys for simple set-ups, next to those `kiln keys` keeps in the store: a plain key may use every model; an
+       * object may name the key (logs and usage show the name) and limit it like a stored key.
+       */
+      api_keys: z.array(z.union([z.string().min(1), configKeySchema])).optional(),
+      /** The key for the admin endpoints (/admin/*, /v1/usage), also a pro key for the API; or KILN_ADMIN_KEY. */
       admin_key: z.string().min(1).optional(),
+      /** Limits for keys that set none, by tier; unset: unlimited. */
+      tier_limits: z.strictObject({ free: rateLimitsSchema.optional(), pro: rateLimitsSchema.optional() }).optional(),
+      /**
+       * With redis_url: when Redis cannot be reached, `open` (default) keeps serving with this instance's own counters
+       * and logs it; `closed` answers 503 until Redis is back.
+       */
+      rate_limit_store_failure: z.enum(['open', 'closed']).optional(),
+      /** How often the usage ledger is written (default 1000 ms): what a crash can lose. */
+      usage_flush_ms: z.int().min(10).max(60_000).optional(),
+      /** GET /metrics: `open` (default, as vLLM), `admin` (the admin key; 404 to others) or `off`. */
+      metrics: z.enum(['open', 'admin', 'off']).optional(),
       /**
        * Host memory all local models may take together, in MiB (default: 80% of the memory available at start). Before
        * a load, idle models are unloaded least recently used first to make room; a model that still cannot fit gets 503.
@@ -192,6 +226,8 @@ export type ModelConfig = z.infer<typeof modelSchema>;
 export type UpstreamConfig = z.infer<typeof upstreamSchema>;
 export type KeepAliveConfig = z.infer<typeof keepAliveSchema>;
 export type UpstreamPolicyConfig = z.infer<typeof upstreamPolicySchema>;
+export type RateLimitsConfig = z.infer<typeof rateLimitsSchema>;
+export type ConfigKey = z.infer<typeof configKeySchema>;
 export type LimitsConfig = NonNullable<NonNullable<z.infer<typeof configSchema>['server']>['limits']>;
 export type FileConfig = z.infer<typeof configSchema>;
 
