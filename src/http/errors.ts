@@ -67,6 +67,7 @@ export function sendError(request: FastifyRequest, reply: FastifyReply, error: K
   // Also when a hook failed before the one that sets it.
   reply.header('x-request-id', request.id);
   if (error.retryAfterSeconds !== undefined) reply.header('retry-after', String(error.retryAfterSeconds));
+  if (error.headers !== undefined) reply.headers(error.headers);
   return reply.status(error.status).send(errorBody(error));
 }
 
