@@ -80,6 +80,8 @@ export interface ChatRequest {
   /** SiliconFlow `prefix`: the last assistant message is continued instead of answered. */
   continueLastAssistant: boolean;
   user: string | undefined;
+  /** UTF-8 bytes of the client's text (contents, arguments, tool descriptions): sizes a rate-limit reservation. */
+  textBytes: number;
 }
 
 /** `Pro/` ids are the same model on SiliconFlow's paid tier: served with priority, and only to keys of that tier. */

@@ -49,7 +49,7 @@ export function normalizeChatRequest(body: unknown, options: NormalizeOptions): 
     throw new KilnError('notSupported', { param: 'logit_bias', message: "'logit_bias' is not supported yet." });
   }
 
-  checkTextBytes(wire, options.maxTextBytes ?? REQUEST_LIMIT_DEFAULTS.maxTextBytes);
+  const textBytes = checkTextBytes(wire, options.maxTextBytes ?? REQUEST_LIMIT_DEFAULTS.maxTextBytes);
   checkArgumentsDepth(wire, schemaDepthLimit(options.maxSchemaDepth));
   const messages = wire.messages.map(normalizeMessage);
   checkConversation(wire.messages);
@@ -89,6 +89,7 @@ export function normalizeChatRequest(body: unknown, options: NormalizeOptions): 
     thinkingBudget: wire.thinking_budget ?? REQUEST_DEFAULTS.thinkingBudget,
     continueLastAssistant: last.role === 'assistant' && last.prefix === true,
     user: wire.user ?? undefined,
+    textBytes,
   };
 }
 

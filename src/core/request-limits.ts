@@ -56,7 +56,8 @@ export function checkCounts(body: Record<string, unknown>, options: RequestLimit
 }
 
 /** Names the field at which the running total of client text passes the limit. */
-export function checkTextBytes(wire: ChatCompletionRequestWire, maxBytes: number): void {
+/** Returns the request's text size in bytes (also a cheap estimate of its prompt before tokenizing). */
+export function checkTextBytes(wire: ChatCompletionRequestWire, maxBytes: number): number {
   let total = 0;
   const add = (param: string, text: string | null | undefined) => {
     if (text == null) return;
@@ -75,6 +76,7 @@ export function checkTextBytes(wire: ChatCompletionRequestWire, maxBytes: number
     }
   });
   wire.tools?.forEach((tool, index) => add(`tools[${index}].function.description`, tool.function.description));
+  return total;
 }
 
 /**

@@ -1,28 +1,29 @@
-/** Bearer API keys. Comparison is constant-time so keys cannot be guessed byte by byte from response timing. */
-import { createHash, timingSafeEqual } from 'node:crypto';
-import type { Caller } from '../service/chat-service.js';
-import { KilnError } from '../errors/catalog.js';
+/** Bearer API keys: the header's token, and the static key list of simple set-ups (tests, `--api-key`). */
+import type { Caller, Tier } from '../service/caller.js';
+import { KeyResolver, type StaticKey } from '../tenancy/key-resolver.js';
+
+/** Resolves a request's bearer token (undefined: none sent) to its caller, or throws 401. */
+export interface Authenticator {
+  resolve(token: string | undefined): Promise<Caller>;
+}
 
 export interface ApiKey {
   key: string;
   /** `free` keys may not use `Pro/` model ids. */
-  tier: 'free' | 'pro';
-  /** May use the admin endpoints (POST /admin/reload). */
+  tier: Tier;
+  /** May use the admin endpoints. */
   admin?: boolean;
+  /** What logs and usage show (default key-1, key-2, … in order). */
+  name?: string;
 }
 
-const digest = (value: string) => createHash('sha256').update(value).digest();
+/** An authenticator over a fixed list of keys; no keys: an open server. */
+export function staticKeys(keys: readonly ApiKey[]): Authenticator {
+  return new KeyResolver({ staticKeys: keys.map((key, index): StaticKey => ({ ...key, name: key.name ?? (key.admin === true ? 'admin' : `key-${index + 1}`) })) });
+}
 
-/** The caller a request's Authorization header names; with no keys configured every caller may use everything. */
-export function checkApiKey(authorization: string | undefined, keys: readonly ApiKey[]): Caller {
-  // No keys: an open server (loopback, or --insecure-no-auth) — every caller may do everything.
-  if (keys.length === 0) return { pro: true, admin: true };
-  const match = authorization === undefined ? null : /^Bearer\s+(\S+)\s*$/i.exec(authorization);
-  if (match === null) throw new KilnError('missingApiKey');
-  const given = digest(match[1]!);
-  // Every key is compared, so the time taken does not tell which one matched.
-  let found: ApiKey | undefined;
-  for (const key of keys) if (timingSafeEqual(digest(key.key), given)) found ??= key;
-  if (found === undefined) throw new KilnError('invalidApiKey');
-  return { pro: found.tier === 'pro', admin: found.admin === true };
+/** The token of an `Authorization: Bearer <token>` header; undefined without one (a malformed header is none). */
+export function bearerToken(authorization: string | undefined): string | undefined {
+  if (authorization === undefined) return undefined;
+  return /^Bearer\s+(\S+)\s*$/i.exec(authorization)?.[1];
 }

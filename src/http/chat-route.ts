@@ -4,13 +4,15 @@
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { KilnError, errorBody, toKilnError } from '../errors/catalog.js';
-import type { Caller, ChatService } from '../service/chat-service.js';
+import type { Caller } from '../service/caller.js';
+import type { ChatService } from '../service/chat-service.js';
 import { ClientGone, logClientGone, logFailure } from './errors.js';
 import { writeEventStream } from './sse.js';
 
 export interface ChatRouteOptions {
   service: ChatService;
-  callerOf(request: FastifyRequest): Caller;
+  /** Resolved by the server's onRequest hook before the route runs. */
+  callerOf(request: FastifyRequest): Promise<Caller>;
   requestTimeoutMs: number | undefined;
   stallTimeoutMs: number;
   /** Requests being served, so that shutdown can end them at its deadline. */
@@ -31,7 +33,7 @@ export function registerChatRoute(app: FastifyInstance, options: ChatRouteOption
 
     let result;
     try {
-      const created = options.service.create(request.body, abort.signal, options.callerOf(request), request.log);
+      const created = options.service.create(request.body, { signal: abort.signal, caller: await options.callerOf(request), log: request.log, requestId: request.id });
       // A timeout or shutdown is answered at once, even while the engine is still in a decode; what the service
       // returns afterwards is released.
       result = await Promise.race([created, endedByKilnError(abort.signal)]);
@@ -51,6 +53,7 @@ export function registerChatRoute(app: FastifyInstance, options: ChatRouteOption
       // Whatever the engine made of the abort, the client hears why the request ended.
       throw reason instanceof KilnError ? reason : error;
     }
+    reply.headers(result.headers);
     if (result.kind === 'json') return result.body;
 
     reply.hijack();
@@ -63,7 +66,7 @@ export function registerChatRoute(app: FastifyInstance, options: ChatRouteOption
         logFailure(request.log, kilnError);
         return errorBody(kilnError);
       },
-      { signal: abort.signal, stallTimeoutMs: options.stallTimeoutMs, onStall: () => abort.abort(new ClientGone('stalled')) },
+      { headers: result.headers, signal: abort.signal, stallTimeoutMs: options.stallTimeoutMs, onStall: () => abort.abort(new ClientGone('stalled')) },
     );
     if (abort.signal.reason instanceof ClientGone) logClientGone(request.log, abort.signal.reason);
     return reply;

@@ -6,16 +6,26 @@ import type { IncomingMessage } from 'node:http';
 import { pino } from 'pino';
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
 import { KilnError } from '../errors/catalog.js';
-import type { Caller, ChatService } from '../service/chat-service.js';
-import { checkApiKey, type ApiKey } from './auth.js';
+import type { Caller } from '../service/caller.js';
+import type { ChatService } from '../service/chat-service.js';
+import { registerAdminRoutes, type MetricsEndpoint, type UsageReader } from './admin-routes.js';
+import { bearerToken, staticKeys, type ApiKey, type Authenticator } from './auth.js';
 import { registerChatRoute } from './chat-route.js';
 import { answerExpectation, fromFastify, makeClientErrorHandler, requestIdFrom, sendError } from './errors.js';
 import { attachLifecycle } from './shutdown.js';
 
 export interface HttpOptions {
   service: ChatService;
-  /** Empty: no authentication. */
-  apiKeys: readonly ApiKey[];
+  /** Who a bearer key belongs to (tenancy's KeyResolver); absent: `apiKeys`. */
+  auth?: Authenticator;
+  /** A fixed list of keys when there is no `auth`; empty: no authentication. */
+  apiKeys?: readonly ApiKey[];
+  /** GET /v1/usage. */
+  usage?: UsageReader;
+  /** GET /metrics, and rejected requests counted by model and status. */
+  metrics?: MetricsEndpoint & { observeRejection?(model: string | undefined, status: number): void };
+  /** Who may read /metrics (default open, as vLLM's). */
+  metricsAccess?: 'open' | 'admin' | 'off';
   /** A request still generating after this long ends with 504 (in-band when streaming). */
   requestTimeoutMs?: number;
   /** A stream whose client takes nothing for this long is ended and its connection closed. */
@@ -88,7 +98,17 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
   logger.current = app.log;
   app.server.on('checkExpectation', answerExpectation);
   const lifecycle = attachLifecycle(app);
-  const callers = new WeakMap<FastifyRequest, Caller>();
+  const auth = options.auth ?? staticKeys(options.apiKeys ?? []);
+  // Resolved once per request, on first use: the API's routes resolve it before anything else.
+  const callers = new WeakMap<FastifyRequest, Promise<Caller>>();
+  const callerOf = (request: FastifyRequest): Promise<Caller> => {
+    let caller = callers.get(request);
+    if (caller === undefined) {
+      caller = auth.resolve(bearerToken(request.headers.authorization));
+      callers.set(request, caller);
+    }
+    return caller;
+  };
 
   // Any content type is read as JSON: clients that forget the header still get a precise error or an answer.
   app.removeAllContentTypeParsers();
@@ -106,7 +126,11 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
       reply.header('connection', 'close');
       throw new KilnError('badRequest', { message: 'An HTTP/1.1 request needs a Host header.' });
     }
-    if (request.url.startsWith('/v1/') || request.url.startsWith('/admin/')) callers.set(request, checkApiKey(request.headers.authorization, options.apiKeys));
+    if (request.url.startsWith('/v1/') || request.url.startsWith('/admin/')) {
+      const caller = await callerOf(request);
+      // Every line about the request names the key (never the key itself).
+      request.log = request.log.child({ key: caller.name });
+    }
   });
 
   // Methods per path, for 405 with `Allow` on a known path.
@@ -117,7 +141,11 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
     methods.set(route.url, known);
   });
 
-  app.setErrorHandler((error: FastifyError | KilnError, request, reply) => sendError(request, reply, fromFastify(error)));
+  app.setErrorHandler((error: FastifyError | KilnError, request, reply) => {
+    const kilnError = fromFastify(error);
+    if (request.routeOptions.url === '/v1/chat/completions') options.metrics?.observeRejection?.(modelOf(request.body), kilnError.status);
+    return sendError(request, reply, kilnError);
+  });
   app.setNotFoundHandler((request, reply) => {
     const path = pathOf(request.url);
     const allowed = methods.get(path);
@@ -128,18 +156,12 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
   });
 
   app.get('/health', async () => ({ status: 'ok' }));
-  // Models on and offline without a restart; a configuration that cannot be applied is a 400 with its reason, and the
-  // running one stays.
-  app.post('/admin/reload', async (request) => {
-    // To other keys the admin routes do not exist.
-    if (callers.get(request)?.admin !== true) throw new KilnError('notFound', { message: `No route for ${request.method} ${pathOf(request.url)}.` });
-    if (options.reload === undefined) return { reloaded: false, reason: 'nothing to reload: the server was started without a config file' };
-    try {
-      return { reloaded: true, ...((await options.reload()) as object) };
-    } catch (error) {
-      if (error instanceof KilnError) throw error;
-      throw new KilnError('invalidParameter', { message: `The configuration was not applied: ${(error as Error).message}` });
-    }
+  registerAdminRoutes(app, {
+    callerOf,
+    ...(options.reload !== undefined ? { reload: options.reload } : {}),
+    ...(options.usage !== undefined ? { usage: options.usage } : {}),
+    ...(options.metrics !== undefined ? { metrics: options.metrics } : {}),
+    metricsAccess: options.metricsAccess ?? 'open',
   });
   // SiliconFlow's filters: every model Kiln serves is a text chat model.
   app.get<{ Querystring: { type?: string; sub_type?: string } }>('/v1/models', async (request) => {
@@ -151,11 +173,17 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
 
   registerChatRoute(app, {
     service: options.service,
-    callerOf: (request) => callers.get(request) ?? { pro: true },
+    callerOf,
     requestTimeoutMs: options.requestTimeoutMs,
     stallTimeoutMs: options.stallTimeoutMs ?? HTTP_DEFAULTS.stallTimeoutMs,
     inFlight: lifecycle.inFlight,
   });
 
   return app;
+}
+
+/** The requested model of a chat request body, for counting refusals by model. */
+function modelOf(body: unknown): string | undefined {
+  const model = (body as { model?: unknown } | null | undefined)?.model;
+  return typeof model === 'string' && model.length <= 256 ? model : undefined;
 }

@@ -11,6 +11,8 @@ import type { ServerResponse } from 'node:http';
 import { KilnError } from '../errors/catalog.js';
 
 export interface EventStreamOptions {
+  /** More response headers (x-ratelimit-*). */
+  headers?: Readonly<Record<string, string>>;
   /** The request's signal. A KilnError reason ends the stream with that error in-band. */
   signal: AbortSignal;
   /** How long the socket may take nothing while data waits for it. */
@@ -38,6 +40,7 @@ export async function writeEventStream(
     'cache-control': 'no-cache',
     'x-accel-buffering': 'no',
     'x-request-id': requestId,
+    ...options.headers,
   });
   const aborted = new Promise<typeof ABORTED>((resolve) => {
     if (signal.aborted) resolve(ABORTED);

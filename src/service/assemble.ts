@@ -14,6 +14,8 @@ import { MemoryBudget } from './memory-budget.js';
 import { ChatService } from './chat-service.js';
 import type { DeploymentSpec, EngineFactoryContext } from './engine-factory.js';
 import { ModelRegistry } from './model-registry.js';
+import type { RequestGate } from './request-gate.js';
+import type { CompletionRecord } from './completion-record.js';
 import { ModelSet, type ModelPlan, type ReloadSummary } from './model-set.js';
 
 export const KILN_VERSION = '0.1.0';
@@ -62,6 +64,10 @@ export interface AssembleOptions {
   log?: Log;
   /** Where upstream API keys are read (default process.env). */
   env?: NodeJS.ProcessEnv;
+  /** Callers' quotas and rate limits. */
+  gate?: RequestGate;
+  /** Every request that reached an engine, when it ends (usage ledger, metrics). */
+  onCompletion?: (record: CompletionRecord) => void;
 }
 
 export async function assembleKiln(configured: ModelConfig[], options: AssembleOptions = {}): Promise<Kiln> {
@@ -99,6 +105,8 @@ export async function assembleKiln(configured: ModelConfig[], options: AssembleO
     maxChoices: options.maxChoices ?? MODEL_DEFAULTS.maxChoices,
     limits: requestLimits(options.limits ?? {}),
     systemFingerprint: `kiln-${KILN_VERSION}`,
+    ...(options.gate !== undefined ? { gate: options.gate } : {}),
+    ...(options.onCompletion !== undefined ? { onCompletion: options.onCompletion } : {}),
   });
   // One reload at a time: a second waits for the first.
   let reloading: Promise<unknown> = Promise.resolve();

@@ -20,7 +20,9 @@ import type {
   UsageWire,
 } from '../protocol/response.js';
 import { SILENT_LOG, type Log } from '../core/log.js';
+import { modelAllowed, type Caller } from './caller.js';
 import { CompletionTally, type CompletionRecord } from './completion-record.js';
+import { estimatePromptTokens, type RequestGate } from './request-gate.js';
 import type { ModelRegistry } from './model-registry.js';
 
 export interface ChatServiceOptions {
@@ -30,19 +32,29 @@ export interface ChatServiceOptions {
   systemFingerprint: string;
   /** Called once per request that reached an engine, when its work has ended (usage ledger, metrics). */
   onCompletion?: (record: CompletionRecord) => void;
+  /** The caller's quota and rate limits; absent: none. */
+  gate?: RequestGate;
 }
 
-/** Who is asking: what their API key allows. */
-export interface Caller {
-  /** May use `Pro/` model ids. */
-  pro: boolean;
-  /** May use the admin endpoints. */
-  admin?: boolean;
+/** What the transport knows of a request. */
+export interface RequestContext {
+  /** Aborts the work: client gone, timed out, shutdown. */
+  signal: AbortSignal;
+  caller: Caller;
+  /** The request's logger: the completion record is logged there when the request's work has ended. */
+  log?: Log;
+  requestId?: string;
 }
 
-export type ChatResult =
+export type ChatResult = (
   | { kind: 'json'; body: ChatCompletionWire }
-  | { kind: 'stream'; chunks: AsyncGenerator<ChatCompletionChunkWire, void, undefined> };
+  | { kind: 'stream'; chunks: AsyncGenerator<ChatCompletionChunkWire, void, undefined> }
+) & {
+  /** Response headers the service sets (x-ratelimit-*). */
+  headers: Readonly<Record<string, string>>;
+};
+
+const NO_HEADERS: Readonly<Record<string, string>> = Object.freeze({});
 
 export class ChatService {
   constructor(
@@ -54,26 +66,46 @@ export class ChatService {
     return this.registry.list();
   }
 
-  /** `log`: the request's logger; the completion record is logged there when the request's work has ended. */
-  async create(body: unknown, signal: AbortSignal, caller: Caller = { pro: true }, log: Log = SILENT_LOG): Promise<ChatResult> {
+  async create(body: unknown, context: RequestContext): Promise<ChatResult> {
+    const { signal, caller } = context;
+    const log = context.log ?? SILENT_LOG;
     const arrivedAt = performance.now();
     const request = normalizeChatRequest(body, { ...this.options.limits, maxChoices: this.options.maxChoices });
     const { served } = this.registry.resolve(request.model);
-    if (isProModel(request.model) && !caller.pro) {
-      throw new KilnError('modelNotAllowed', { param: 'model', message: `This API key may not use '${request.model}' (a Pro tier model).` });
-    }
+    this.checkCaller(request.model, caller);
     this.checkCapabilities(request, served.engine.description);
     const unavailable = served.engine.unavailable?.();
     if (unavailable !== undefined) throw unavailable;
-    const permit = await served.admission.acquire(request.n, signal, isProModel(request.model) ? 1 : 0);
+    const pass = await this.options.gate?.admit({
+      caller,
+      model: request.model,
+      reserveTokens: estimatePromptTokens(request.textBytes, request.messages.length) + request.maxTokens * request.n,
+    });
+    const tally = new CompletionTally(
+      {
+        ...(context.requestId !== undefined ? { requestId: context.requestId } : {}),
+        keyId: caller.id,
+        keyName: caller.name,
+        ...(request.user !== undefined ? { user: request.user } : {}),
+      },
+      request.model,
+      arrivedAt,
+    );
+    let permit;
     let run: EngineRun;
     try {
-      run = await served.engine.start(request, signal);
+      permit = await served.admission.acquire(request.n, signal, isProModel(request.model) ? 1 : 0);
+      tally.queueMs = performance.now() - arrivedAt;
+      try {
+        run = await served.engine.start(request, signal);
+      } catch (error) {
+        permit.release();
+        throw error;
+      }
     } catch (error) {
-      permit.release();
+      pass?.settle(0);
       throw error;
     }
-    const tally = new CompletionTally(request.model, arrivedAt);
     // The permit is held until the run's resources are released: every choice ended and the run disposed. Then the
     // request's usage is final, whatever cut it short.
     const ended = (error?: unknown): void => {
@@ -81,20 +113,32 @@ export class ChatService {
       permit.release();
       if (error !== undefined) tally.status = signal.aborted && !(signal.reason instanceof KilnError) ? 'cancelled' : 'failed';
       const record = tally.record(run, request.n);
+      pass?.settle(record.promptTokens + record.completionTokens);
       log.info({ completion: record }, 'completion');
       this.options.onCompletion?.(record);
     };
+    const headers = pass?.headers ?? NO_HEADERS;
     // randomUUID draws from a cached entropy pool; randomBytes costs a call into the system's RNG per request.
     const meta = { id: randomUUID().replaceAll('-', ''), created: Math.floor(Date.now() / 1000), model: request.model };
-    if (request.stream) return { kind: 'stream', chunks: this.streamChunks(request, run, meta, signal, tally, ended) };
+    if (request.stream) return { kind: 'stream', chunks: this.streamChunks(request, run, meta, signal, tally, ended), headers };
     let failure: unknown;
     try {
-      return { kind: 'json', body: await this.complete(request, run, meta, signal, tally) };
+      return { kind: 'json', body: await this.complete(request, run, meta, signal, tally), headers };
     } catch (error) {
       failure = error;
       throw error;
     } finally {
       ended(failure);
+    }
+  }
+
+  /** What the caller's key allows: `Pro/` ids need a pro key, and a key may be limited to some ids. */
+  private checkCaller(model: string, caller: Caller): void {
+    if (isProModel(model) && !caller.pro) {
+      throw new KilnError('modelNotAllowed', { param: 'model', message: `This API key may not use '${model}' (a Pro tier model).` });
+    }
+    if (!modelAllowed(caller, model)) {
+      throw new KilnError('modelNotAllowed', { param: 'model', message: `This API key may not use '${model}': it is limited to ${caller.models!.join(', ')}.` });
     }
   }
 

@@ -10,6 +10,13 @@ import type { FinishReason } from '../protocol/response.js';
 export type CompletionStatus = 'completed' | 'cancelled' | 'failed';
 
 export interface CompletionRecord {
+  /** The request id (x-request-id) when the transport gave one. */
+  requestId?: string;
+  /** The caller's stable id and name (never the key). */
+  keyId: string;
+  keyName: string;
+  /** The request's `user` field, as the client sent it. */
+  user?: string;
   model: string;
   /** The deployment that served it, when a router chose one. */
   deployment?: string;
@@ -24,6 +31,16 @@ export interface CompletionRecord {
   durationMs: number;
   /** Until the first delta of any choice; undefined when none came. */
   firstTokenMs?: number;
+  /** Waiting in the model's admission queue. */
+  queueMs: number;
+}
+
+/** Who asked, as the record carries it. */
+export interface RecordContext {
+  requestId?: string;
+  keyId: string;
+  keyName: string;
+  user?: string;
 }
 
 /** Counts one request's choices as they are post-processed. */
@@ -32,8 +49,10 @@ export class CompletionTally {
   private readonly finishes: Array<{ finishReason: FinishReason; completionTokens: number; reasoningTokens: number } | undefined> = [];
   private firstTokenAt: number | undefined;
   status: CompletionStatus = 'completed';
+  queueMs = 0;
 
   constructor(
+    private readonly context: RecordContext,
     private readonly model: string,
     private readonly startedAt: number,
   ) {}
@@ -62,6 +81,7 @@ export class CompletionTally {
     }
     if (this.status === 'completed' && finishReasons.includes(null)) this.status = 'cancelled';
     return {
+      ...this.context,
       model: this.model,
       ...(run?.deployment !== undefined ? { deployment: run.deployment } : {}),
       promptTokens: run?.promptTokens ?? 0,
@@ -72,6 +92,7 @@ export class CompletionTally {
       finishReasons,
       durationMs: Math.round(performance.now() - this.startedAt),
       ...(this.firstTokenAt !== undefined ? { firstTokenMs: Math.round(this.firstTokenAt - this.startedAt) } : {}),
+      queueMs: Math.round(this.queueMs),
     };
   }
 }

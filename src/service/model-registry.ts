@@ -47,6 +47,11 @@ export class ModelRegistry {
     return this.entries.get(id);
   }
 
+  /** Every served entry, in configuration order (read at each metrics scrape). */
+  all(): IterableIterator<ModelEntry> {
+    return this.entries.values();
+  }
+
   /** Swaps in a whole new set of entries at once (a reload); `disabled` ids answer "model disabled". */
   replace(entries: readonly ModelEntry[], disabled: readonly string[]): void {
     this.entries = new Map(entries.map((entry) => [entry.id, entry]));

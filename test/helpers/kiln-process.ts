@@ -3,6 +3,7 @@
  * it listens. Tests talk to it over HTTP only.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -18,6 +19,19 @@ export interface KilnProcess {
   stop(): Promise<void>;
 }
 
+/**
+ * The environment of a kiln child process: its own empty data directory (its store: keys, usage) and no store or
+ * Redis from the test runner's environment, unless the test gives them.
+ */
+export function childEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const base: NodeJS.ProcessEnv = { ...process.env };
+  delete base.DATABASE_URL;
+  delete base.REDIS_URL;
+  delete base.KILN_ADMIN_KEY;
+  delete base.KILN_API_KEYS;
+  return { ...base, KILN_DATA_DIR: mkdtempSync(join(tmpdir(), 'kiln-data-')), ...env };
+}
+
 export async function writeConfig(config: unknown): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'kiln-test-'));
   const path = join(dir, 'kiln.yaml');
@@ -28,7 +42,7 @@ export async function writeConfig(config: unknown): Promise<string> {
 /** Runs `kiln <args>` to completion (for start-up refusals). */
 export function runKiln(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; output: string }> {
   return new Promise((resolvePromise) => {
-    const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [BIN, ...args], { env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
     let output = '';
     child.stdout.on('data', (data) => (output += data));
     child.stderr.on('data', (data) => (output += data));
@@ -38,7 +52,7 @@ export function runKiln(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ 
 
 export async function startKiln(args: string[], env: NodeJS.ProcessEnv = {}): Promise<KilnProcess> {
   const child = spawn(process.execPath, [BIN, 'serve', '--port', '0', ...args], {
-    env: { ...process.env, ...env },
+    env: childEnv(env),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';
