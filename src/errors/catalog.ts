@@ -9,7 +9,6 @@ export type OpenAiErrorType =
   | 'permission_error'
   | 'not_found_error'
   | 'rate_limit_error'
-  | 'insufficient_quota'
   | 'service_unavailable'
   | 'timeout_error'
   | 'server_error';
@@ -43,9 +42,9 @@ export const ErrorCatalog = {
   unsupportedMediaType: { status: 415, type: 'invalid_request_error', siliconflowCode: 20015, code: 'unsupported_media_type', message: 'Unsupported content type.' },
   expectationFailed: { status: 417, type: 'invalid_request_error', siliconflowCode: 20015, code: 'expectation_failed', message: 'Only "Expect: 100-continue" is supported.' },
   headersTooLarge: { status: 431, type: 'invalid_request_error', siliconflowCode: 20015, code: 'headers_too_large', message: 'The request line or headers are too large.' },
-  // SiliconFlow answers an exhausted balance with 403 and code 30001; OpenAI names it insufficient_quota. Not a 429:
-  // SDKs retry those, and waiting does not help until the period turns.
-  quotaExceeded: { status: 403, type: 'insufficient_quota', siliconflowCode: 30001, code: 'insufficient_quota', message: 'This API key has used its token quota.' },
+  // SiliconFlow answers an exhausted balance with 403 and code 30001 (the contract's 403 type); OpenAI's code for it
+  // is insufficient_quota. Not a 429: SDKs retry those, and waiting does not help until the period turns.
+  quotaExceeded: { status: 403, type: 'permission_error', siliconflowCode: 30001, code: 'insufficient_quota', message: 'This API key has used its token quota.' },
   rateLimited: { status: 429, type: 'rate_limit_error', siliconflowCode: 50505, code: 'rate_limit_exceeded', message: 'Rate limit reached for this API key. Please retry later.' },
   rateLimitsUnavailable: { status: 503, type: 'service_unavailable', siliconflowCode: 50505, code: 'rate_limits_unavailable', message: 'Rate limits cannot be checked right now. Please retry.' },
   queueFull: { status: 429, type: 'rate_limit_error', siliconflowCode: 50505, code: 'queue_full', message: 'Too many requests are waiting for this model. Please retry later.' },
