@@ -17,6 +17,8 @@ export interface ChatRouteOptions {
   stallTimeoutMs: number;
   /** Requests being served, so that shutdown can end them at its deadline. */
   inFlight: Set<AbortController>;
+  /** Requests an engine took: their errors are counted by the completion record, not as refusals. */
+  reachedEngine: WeakSet<FastifyRequest>;
 }
 
 export function registerChatRoute(app: FastifyInstance, options: ChatRouteOptions): void {
@@ -33,7 +35,7 @@ export function registerChatRoute(app: FastifyInstance, options: ChatRouteOption
 
     let result;
     try {
-      const created = options.service.create(request.body, { signal: abort.signal, caller: await options.callerOf(request), log: request.log, requestId: request.id });
+      const created = options.service.create(request.body, { signal: abort.signal, caller: await options.callerOf(request), log: request.log, requestId: request.id, onEngineRun: () => options.reachedEngine.add(request) });
       // A timeout or shutdown is answered at once, even while the engine is still in a decode; what the service
       // returns afterwards is released.
       result = await Promise.race([created, endedByKilnError(abort.signal)]);

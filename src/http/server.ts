@@ -101,6 +101,7 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
   const auth = options.auth ?? staticKeys(options.apiKeys ?? []);
   // Resolved once per request, on first use: the API's routes resolve it before anything else.
   const callers = new WeakMap<FastifyRequest, Promise<Caller>>();
+  const reachedEngine = new WeakSet<FastifyRequest>();
   const callerOf = (request: FastifyRequest): Promise<Caller> => {
     let caller = callers.get(request);
     if (caller === undefined) {
@@ -143,7 +144,7 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
 
   app.setErrorHandler((error: FastifyError | KilnError, request, reply) => {
     const kilnError = fromFastify(error);
-    if (request.routeOptions.url === '/v1/chat/completions') options.metrics?.observeRejection?.(modelOf(request.body), kilnError.status);
+    if (request.routeOptions.url === '/v1/chat/completions' && !reachedEngine.has(request)) options.metrics?.observeRejection?.(modelOf(request.body), kilnError.status);
     return sendError(request, reply, kilnError);
   });
   app.setNotFoundHandler((request, reply) => {
@@ -174,6 +175,7 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
   registerChatRoute(app, {
     service: options.service,
     callerOf,
+    reachedEngine,
     requestTimeoutMs: options.requestTimeoutMs,
     stallTimeoutMs: options.stallTimeoutMs ?? HTTP_DEFAULTS.stallTimeoutMs,
     inFlight: lifecycle.inFlight,

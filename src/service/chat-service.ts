@@ -44,6 +44,8 @@ export interface RequestContext {
   /** The request's logger: the completion record is logged there when the request's work has ended. */
   log?: Log;
   requestId?: string;
+  /** Told when an engine took the request: from then on its end is a completion record, not a refusal. */
+  onEngineRun?: () => void;
 }
 
 export type ChatResult = (
@@ -106,6 +108,7 @@ export class ChatService {
       pass?.settle(0);
       throw error;
     }
+    context.onEngineRun?.();
     // The permit is held until the run's resources are released: every choice ended and the run disposed. Then the
     // request's usage is final, whatever cut it short.
     const ended = (error?: unknown): void => {

@@ -24,6 +24,8 @@ export interface TenancyOptions {
   redisUrl?: string;
   onRateLimitStoreFailure?: 'open' | 'closed';
   usageFlushMs?: number;
+  /** How long a stored key's lookup is trusted (default KEY_CACHE_MS): the delay before a revocation applies. */
+  keyCacheMs?: number;
   log: Log;
 }
 
@@ -57,6 +59,7 @@ export async function openTenancy(options: TenancyOptions): Promise<Tenancy> {
     staticKeys: options.staticKeys,
     store: store.keys,
     ...(options.tierLimits !== undefined ? { tierLimits: options.tierLimits } : {}),
+    ...(options.keyCacheMs !== undefined ? { cacheMs: options.keyCacheMs } : {}),
   });
   const gate = new TenancyGate({ rateLimits, quotas, ...(options.modelLimits !== undefined ? { modelLimits: options.modelLimits } : {}) });
   return {
