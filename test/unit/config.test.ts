@@ -246,3 +246,38 @@ describe('upstream deployments', () => {
     rejects('models:\n  - id: big\n    upstreams:\n      - {url: "ftp://gpu-a/v1", model: served}\n', /upstreams\[0\]\.url/);
   });
 });
+
+describe('parseConfig: tenancy settings', () => {
+  test('stores, keys with limits, tier limits and per-model limits parse', () => {
+    const config = parse(`
+data_dir: /var/lib/kiln
+database_url: postgres://kiln@db:5432/kiln
+redis_url: redis://cache:6379/2
+server:
+  admin_key: sk-admin
+  api_keys:
+    - sk-plain
+    - {key: sk-ci, name: ci, tier: free, rpm: 30, tpm: 60000, models: ["Qwen/*"]}
+  tier_limits: {free: {rpm: 60}, pro: {rpm: 1000, tpm: 2000000}}
+  rate_limit_store_failure: closed
+  usage_flush_ms: 500
+  metrics: admin
+models:
+  - id: Qwen/Qwen2.5-7B-Instruct
+    file: models/qwen.gguf
+    rate_limits: {rpm: 5}
+`);
+    assert.equal(config.database_url, 'postgres://kiln@db:5432/kiln');
+    assert.deepEqual(config.server?.api_keys?.[1], { key: 'sk-ci', name: 'ci', tier: 'free', rpm: 30, tpm: 60000, models: ['Qwen/*'] });
+    assert.deepEqual(config.server?.tier_limits?.free, { rpm: 60 });
+    assert.deepEqual(config.models[0]!.rate_limits, { rpm: 5 });
+  });
+
+  test('wrong store URLs, limits and access modes name the field', () => {
+    rejects(`database_url: mysql://db/kiln\n${ONE_MODEL}`, /database_url/, /postgres:\/\//);
+    rejects(`redis_url: http://cache:6379\n${ONE_MODEL}`, /redis_url/);
+    rejects(`server:\n  tier_limits: {free: {rpm: 0}}\n${ONE_MODEL}`, /tier_limits\.free\.rpm/);
+    rejects(`server:\n  api_keys: [{key: k, rps: 3}]\n${ONE_MODEL}`, /api_keys\[0\]/, /rps/);
+    rejects(`server:\n  metrics: public\n${ONE_MODEL}`, /server\.metrics/);
+  });
+});
