@@ -10,7 +10,7 @@
  * Tokens are reserved at admission (prompt + max_tokens) and the reservation is replaced by the real use when the
  * request ends, so a burst of long requests is held back before it runs, not after.
  */
-import { RateLimiterMemory, RateLimiterRedis, type RateLimiterAbstract, type RateLimiterRes } from 'rate-limiter-flexible';
+import { RateLimiterMemory, RateLimiterRedis, type IRateLimiterOptions, type RateLimiterAbstract, type RateLimiterRes } from 'rate-limiter-flexible';
 import type { Log } from '../core/log.js';
 import { KilnError } from '../errors/catalog.js';
 import { formatResetDuration, rateLimitHeaders, tighter, type LimitState } from './ratelimit-headers.js';
@@ -96,15 +96,15 @@ export class RateLimits {
   /** Connects to Redis when configured; a Redis that does not answer within about a second is an outage, not an error. */
   static async create(options: RateLimitStoreOptions): Promise<RateLimits> {
     const prefix = options.keyPrefix ?? 'kiln';
-    const memory = (kind: string) => new RateLimiterMemory({ points: UNBOUNDED, duration: WINDOW_SECONDS, keyPrefix: `${prefix}:${kind}` });
+    const memoryOptions = (kind: string) => ({ points: UNBOUNDED, duration: WINDOW_SECONDS, keyPrefix: `${prefix}:${kind}` });
     let connection: RedisConnection | undefined;
-    let limiter = memory as (kind: string) => RateLimiterAbstract;
+    let limiter = (kind: string): RateLimiterAbstract => new RateLimiterMemory(memoryOptions(kind));
     if (options.redisUrl !== undefined) {
       const open = options.onStoreFailure === 'open';
       const outage = open
         ? 'Redis is unreachable: rate limits fall back to per-instance counters until it is back'
         : 'Redis is unreachable: requests are refused (503) until it is back, as rate_limit_store_failure is closed';
-      const redis = await RedisConnection.open(options.redisUrl, options.log, outage);
+      const redis = await RedisConnection.open(options.redisUrl, options.log, outage, `${prefix}:health`);
       connection = redis;
       limiter = (kind) =>
         new RateLimiterRedis({
@@ -114,7 +114,7 @@ export class RateLimits {
           keyPrefix: `${prefix}:${kind}`,
           // Straight to the fallback (or the refusal) while disconnected, rather than a failed write per request.
           rejectIfRedisNotReady: true,
-          ...(open ? { insuranceLimiter: memory(kind) } : {}),
+          ...(open ? { insuranceLimiter: new Insurance(memoryOptions(kind), (reason) => redis.commandFailed(reason)) } : {}),
         });
     }
     const counter = (kind: string, dimension: Dimension, label: string): Counter => ({ limiter: limiter(kind), dimension, label });
@@ -170,6 +170,7 @@ export class RateLimits {
     // racing for the last of a limit may both be refused for an instant, never that both pass.
     await Promise.all(checks.map((check) => (check.points > 0 ? check.counter.limiter.reward(check.key, check.points).catch(() => undefined) : undefined)));
     if (storeError !== undefined) {
+      this.connection?.commandFailed(storeError instanceof Error ? storeError.message : String(storeError));
       throw new KilnError('rateLimitsUnavailable', {
         message: 'Rate limits cannot be checked right now (their store is unreachable). Please retry.',
         retryAfterSeconds: STORE_RETRY_AFTER_SECONDS,
@@ -252,6 +253,24 @@ export class RateLimits {
       this.pending.add(tracked);
       void tracked.finally(() => this.pending.delete(tracked));
     }
+  }
+}
+
+/**
+ * The library's fallback while Redis fails (fail open), which also tells the connection each time it stands in: that
+ * is how a failure without a disconnect (READONLY after a failover, OOM, a timeout) is noticed and logged.
+ */
+class Insurance extends RateLimiterMemory {
+  constructor(
+    options: IRateLimiterOptions,
+    private readonly standingIn: (reason: string) => void,
+  ) {
+    super(options);
+  }
+
+  override consume(key: string | number, points?: number, options?: Record<string, unknown>): Promise<RateLimiterRes> {
+    this.standingIn('a rate-limit command failed');
+    return super.consume(key, points, options);
   }
 }
 

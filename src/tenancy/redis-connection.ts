@@ -22,6 +22,8 @@ const retryDelay = (attempt: number) => Math.min(attempt * 100, 2_000);
  * type. Its 2 s default holds the process open that long at shutdown when Redis is down (the socket never closes).
  */
 const untypedOptions = { disconnectTimeout: 200 };
+/** While commands fail on a connection that stays up, how often a small write checks whether they work again. */
+const PROBE_INTERVAL_MS = 1_000;
 
 export class RedisConnection {
   readonly client: Redis;
@@ -30,8 +32,14 @@ export class RedisConnection {
   /** Whether an outage has been logged since Redis was last up, so that each outage is logged once. */
   private outageLogged = false;
   private closing = false;
+  private probe: NodeJS.Timeout | undefined;
 
-  private constructor(url: string, private readonly log: TransitionLog, private readonly outageMessage: string) {
+  private constructor(
+    url: string,
+    private readonly log: TransitionLog,
+    private readonly outageMessage: string,
+    private readonly probeKey: string,
+  ) {
     this.address = addressOf(url);
     this.client = new Redis(url, {
       enableOfflineQueue: false,
@@ -54,21 +62,41 @@ export class RedisConnection {
    * Connects, waiting at most about CONNECT_TIMEOUT_MS. A server that does not answer is not fatal: it is logged as an
    * outage and ioredis keeps reconnecting in the background.
    */
-  static async open(url: string, log: TransitionLog, outageMessage: string): Promise<RedisConnection> {
-    const connection = new RedisConnection(url, log, outageMessage);
+  static async open(url: string, log: TransitionLog, outageMessage: string, probeKey: string): Promise<RedisConnection> {
+    const connection = new RedisConnection(url, log, outageMessage, probeKey);
     await connection.client.connect().catch((error: unknown) => {
       connection.markDown(error instanceof Error ? error.message : String(error));
     });
     return connection;
   }
 
+  /**
+   * A command failed. Without a disconnect (READONLY after a failover, OOM, a timeout) no event will say when Redis
+   * works again, so a small write is tried every second until one succeeds; a reconnect ('ready') also ends it.
+   */
+  commandFailed(reason: string): void {
+    this.markDown(reason);
+    if (this.probe !== undefined || this.closing) return;
+    this.probe = setInterval(() => {
+      if (this.client.status !== 'ready') return;
+      this.client.set(this.probeKey, '1', 'PX', 10_000).then(
+        () => this.markUp(),
+        () => undefined,
+      );
+    }, PROBE_INTERVAL_MS);
+    this.probe.unref();
+  }
+
   /** Drops the connection at once: the caller has waited for its own writes, and no reply is worth waiting for. */
   close(): void {
     this.closing = true;
+    clearInterval(this.probe);
     this.client.disconnect();
   }
 
   private markUp(): void {
+    clearInterval(this.probe);
+    this.probe = undefined;
     if (this.outageLogged) this.log.info({ redis: this.address }, 'Redis is reachable again: rate limits are shared across instances again');
     this.outageLogged = false;
   }

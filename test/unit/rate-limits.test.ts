@@ -285,6 +285,30 @@ describe('RateLimits, Redis shared and lost', () => {
   }
 });
 
+test('Redis failing without a disconnect (replies stalled): fail open logs it once and notices when it works again', async (t) => {
+  if (!redisUp) return t.skip(redisAbsent);
+  const proxy = await TcpProxy.start(redisTarget.hostname, Number(redisTarget.port || 6379));
+  t.after(() => proxy.stop());
+  const log = new CollectingLog();
+  const rateLimits = await limits('redis', { redisUrl: `redis://127.0.0.1:${proxy.port}`, log });
+  t.after(closeAll);
+  const alice = key({ rpm: 100 });
+  await rateLimits.reserve(alice, 0);
+  proxy.stall();
+  for (let i = 0; i < 2; i++) {
+    const { headers } = await rateLimits.reserve(alice, 0); // each waits for the command timeout, then falls back
+    assert.equal(headers['x-ratelimit-remaining-requests'], String(99 - i));
+  }
+  assert.equal(log.warns.length, 1, log.warns.join('\n'));
+  proxy.flow();
+  await until(() => log.infos.length > 0, 3_000);
+  const { headers } = await rateLimits.reserve(alice, 0);
+  // The shared counter again. The stalled increments reached Redis too (a timed-out write may or may not have
+  // happened): they count there as well as in the fallback, erring on the side of the limit.
+  assert.equal(headers['x-ratelimit-remaining-requests'], '96');
+  assert.equal(log.warns.length, 1);
+});
+
 async function until(condition: () => boolean, ms = 3_000): Promise<void> {
   const deadline = Date.now() + ms;
   while (!condition()) {
@@ -316,9 +340,13 @@ function answersPing(host: string, port: number, ms: number): Promise<boolean> {
   });
 }
 
-/** A TCP proxy to Redis that the test can cut (every connection dropped, nothing accepted) and resume on one port. */
+/**
+ * A TCP proxy to Redis that the test can cut (every connection dropped, nothing accepted) and resume on one port, or
+ * stall (Redis's replies held back, the connections kept) and let flow again.
+ */
 class TcpProxy {
   private readonly sockets = new Set<net.Socket>();
+  private readonly upstreams = new Set<net.Socket>();
   private server: net.Server | undefined;
   port = 0;
 
@@ -336,6 +364,8 @@ class TcpProxy {
   async resume(): Promise<void> {
     const server = net.createServer((client) => {
       const upstream = net.connect({ host: this.host, port: this.targetPort });
+      this.upstreams.add(upstream);
+      upstream.on('close', () => this.upstreams.delete(upstream));
       for (const socket of [client, upstream]) {
         this.sockets.add(socket);
         socket.on('close', () => this.sockets.delete(socket));
@@ -349,6 +379,14 @@ class TcpProxy {
     await new Promise<void>((resolve) => server.listen(this.port, '127.0.0.1', resolve));
     this.port = (server.address() as net.AddressInfo).port;
     this.server = server;
+  }
+
+  stall(): void {
+    for (const upstream of this.upstreams) upstream.pause();
+  }
+
+  flow(): void {
+    for (const upstream of this.upstreams) upstream.resume();
   }
 
   async stop(): Promise<void> {
