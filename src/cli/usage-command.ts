@@ -1,6 +1,6 @@
 /** `kiln usage`: the usage ledger summed by key, model or day over a time window, with totals. */
 import { parseArgs } from 'node:util';
-import type { UsageGroupBy, UsageSummaryRow } from '../store/store.js';
+import { parseUsageTime, type UsageGroupBy, type UsageSummaryRow } from '../store/store.js';
 import { formatTable, UsageError, type CliContext } from './keys-command.js';
 
 export const USAGE_USAGE = `Usage:
@@ -78,10 +78,7 @@ function sumRows(rows: UsageSummaryRow[]): Omit<UsageSummaryRow, 'group' | 'key_
 
 /** A date (midnight UTC), an ISO 8601 time, or Unix seconds. */
 export function parseTime(flag: string, raw: string): Date {
-  let time: number;
-  if (/^\d+$/.test(raw)) time = Number(raw) * 1000;
-  else if (/^\d{4}-\d{2}-\d{2}$/.test(raw)) time = Date.parse(`${raw}T00:00:00Z`);
-  else time = Date.parse(raw);
-  if (!Number.isFinite(time)) throw new UsageError(`--${flag} must be a date (2026-11-01), an ISO 8601 time or Unix seconds, got '${raw}'`);
-  return new Date(time);
+  const time = parseUsageTime(raw);
+  if (time === undefined) throw new UsageError(`--${flag} must be a date (2026-11-01), an ISO 8601 time or Unix seconds, got '${raw}'`);
+  return time;
 }

@@ -5,6 +5,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { KilnError } from '../errors/catalog.js';
 import type { Caller } from '../service/caller.js';
+import { parseUsageTime } from '../store/usage.js';
 
 export type UsageGroup = 'key' | 'model' | 'day';
 
@@ -90,12 +91,12 @@ export function registerAdminRoutes(app: FastifyInstance, options: AdminRouteOpt
   }
 }
 
-/** An ISO 8601 date or date-time, or seconds since the epoch. */
+/** A bound of the usage window: a date, an ISO 8601 time, or Unix seconds. */
 function parseTime(value: string | undefined, param: string): Date | undefined {
   if (value === undefined || value === '') return undefined;
-  const date = /^\d+(\.\d+)?$/.test(value) ? new Date(Number(value) * 1000) : new Date(value);
-  if (Number.isNaN(date.getTime()) || !/^\d/.test(value)) {
-    throw new KilnError('invalidParameter', { param, message: `Invalid '${param}': give an ISO 8601 date (2026-11-30 or 2026-11-30T12:00:00Z) or seconds since the epoch, got '${value}'.` });
+  const time = parseUsageTime(value);
+  if (time === undefined) {
+    throw new KilnError('invalidParameter', { param, message: `Invalid '${param}': give a date (2026-11-30, midnight UTC), an ISO 8601 time (2026-11-30T12:00:00Z) or Unix seconds, got '${value}'.` });
   }
-  return date;
+  return time;
 }

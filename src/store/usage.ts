@@ -178,3 +178,16 @@ export function usageStore(db: Kysely<StoreTables>): UsageStore {
     },
   };
 }
+
+/**
+ * A bound of a usage window as people write it: a date (midnight UTC), an ISO 8601 time, or Unix seconds; undefined
+ * when it is none of these.
+ */
+export function parseUsageTime(raw: string): Date | undefined {
+  let time: number;
+  if (/^\d+$/.test(raw)) time = Number(raw) * 1000;
+  else if (/^\d{4}-\d{2}-\d{2}$/.test(raw)) time = Date.parse(`${raw}T00:00:00Z`);
+  else if (/^\d{4}-\d{2}-\d{2}T/.test(raw)) time = Date.parse(raw);
+  else return undefined;
+  return Number.isFinite(time) ? new Date(time) : undefined;
+}
