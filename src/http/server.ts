@@ -166,7 +166,7 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
   });
   // SiliconFlow's filters: every model Kiln serves is a text chat model.
   app.get<{ Querystring: { type?: string; sub_type?: string } }>('/v1/models', async (request) => {
-    const list = await options.service.listModels();
+    const list = await options.service.listModels(await callerOf(request));
     const { type, sub_type: subType } = request.query;
     const matches = (type === undefined || type === 'text') && (subType === undefined || subType === 'chat');
     return matches ? list : { ...list, data: [] };

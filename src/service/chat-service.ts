@@ -64,8 +64,11 @@ export class ChatService {
     private readonly options: ChatServiceOptions,
   ) {}
 
-  listModels(): Promise<ModelListWire> {
-    return this.registry.list();
+  /** With a caller: only the ids its key may use (as OpenAI lists the models a key can access). */
+  async listModels(caller?: Caller): Promise<ModelListWire> {
+    const list = await this.registry.list();
+    if (caller === undefined) return list;
+    return { ...list, data: list.data.filter((model) => (caller.pro || !isProModel(model.id)) && modelAllowed(caller, model.id)) };
   }
 
   async create(body: unknown, context: RequestContext): Promise<ChatResult> {

@@ -242,3 +242,12 @@ test('logs name the key and never show it', async () => {
   assert.equal((completion?.completion as { keyName: string }).keyName, 'dave');
   assert.ok(!logs().includes(key) && !logs().includes('sk-kiln-wrong-key-value') && !logs().includes(ADMIN));
 });
+
+test('/v1/models lists the ids a key may use', async () => {
+  const { app, store } = await setup();
+  const { key } = await store.keys.create({ name: 'erin', tier: 'free', models: ['*-model'] });
+  const ids = (await app.inject({ url: '/v1/models', headers: { authorization: `Bearer ${key}` } })).json().data.map((model: { id: string }) => model.id);
+  assert.deepEqual(ids.sort(), ['fake-model', 'other-model']);
+  const all = (await app.inject({ url: '/v1/models', headers: { authorization: `Bearer ${ADMIN}` } })).json().data;
+  assert.equal(all.length, 3);
+});
