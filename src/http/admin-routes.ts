@@ -5,22 +5,10 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { KilnError } from '../errors/catalog.js';
 import type { Caller } from '../service/caller.js';
-import { parseUsageTime } from '../store/usage.js';
-
-export type UsageGroup = 'key' | 'model' | 'day';
-
-export interface UsageSummaryRow {
-  group: string;
-  requests: number;
-  prompt_tokens: number;
-  cached_tokens: number;
-  completion_tokens: number;
-  reasoning_tokens: number;
-  total_tokens: number;
-}
+import { parseUsageTime, type UsageQuery, type UsageSummaryRow } from '../store/usage.js';
 
 export interface UsageReader {
-  summarise(query: { from: Date; to: Date; groupBy: UsageGroup }): Promise<UsageSummaryRow[]>;
+  summarise(query: UsageQuery): Promise<UsageSummaryRow[]>;
   /** Writes what the ledger holds in memory, so the summary includes the latest requests. */
   flush?(): Promise<void>;
 }
