@@ -46,6 +46,7 @@ export const ErrorCatalog = {
   // is insufficient_quota. Not a 429: SDKs retry those, and waiting does not help until the period turns.
   quotaExceeded: { status: 403, type: 'permission_error', siliconflowCode: 30001, code: 'insufficient_quota', message: 'This API key has used its token quota.' },
   rateLimited: { status: 429, type: 'rate_limit_error', siliconflowCode: 50505, code: 'rate_limit_exceeded', message: 'Rate limit reached for this API key. Please retry later.' },
+  keysUnavailable: { status: 503, type: 'service_unavailable', siliconflowCode: 50505, code: 'keys_unavailable', message: 'API keys cannot be checked right now. Please retry.' },
   rateLimitsUnavailable: { status: 503, type: 'service_unavailable', siliconflowCode: 50505, code: 'rate_limits_unavailable', message: 'Rate limits cannot be checked right now. Please retry.' },
   queueFull: { status: 429, type: 'rate_limit_error', siliconflowCode: 50505, code: 'queue_full', message: 'Too many requests are waiting for this model. Please retry later.' },
   modelOverloaded: { status: 503, type: 'service_unavailable', siliconflowCode: 50505, code: 'model_overloaded', message: 'Model service overloaded. Please try again later.' },

@@ -62,6 +62,11 @@ export interface ApiKeyStore {
   revoke(nameOrId: string): Promise<ApiKeyRecord | undefined>;
   update(nameOrId: string, patch: ApiKeyPatch): Promise<ApiKeyRecord | undefined>;
   countActive(): Promise<number>;
+  /**
+   * A number that changes whenever a key is created, updated or revoked through this API (`kiln keys`): a server
+   * re-reads the keys it holds only when it moved. Keys edited in the database by hand are not seen until a restart.
+   */
+  changes(): Promise<number>;
 }
 
 export class DuplicateKeyNameError extends Error {
@@ -138,6 +143,10 @@ function isUniqueViolation(error: unknown): boolean {
   return code === 'SQLITE_CONSTRAINT_UNIQUE' || code === '23505';
 }
 
+function bump(trx: Kysely<StoreTables>): Promise<unknown> {
+  return trx.updateTable('key_changes').set((eb) => ({ version: eb('version', '+', 1) })).where('id', '=', 1).execute();
+}
+
 export function apiKeyStore(db: Kysely<StoreTables>): ApiKeyStore {
   /** An id wins over a name, so a key named like another key's id cannot shadow it. */
   const find = async (nameOrId: string) => {
@@ -164,7 +173,10 @@ export function apiKeyStore(db: Kysely<StoreTables>): ApiKeyStore {
         revoked_at: null,
       };
       try {
-        await db.insertInto('api_keys').values(row).execute();
+        await db.transaction().execute(async (trx) => {
+          await trx.insertInto('api_keys').values(row).execute();
+          await bump(trx);
+        });
       } catch (error) {
         throw isUniqueViolation(error) ? new DuplicateKeyNameError(input.name) : error;
       }
@@ -192,7 +204,11 @@ export function apiKeyStore(db: Kysely<StoreTables>): ApiKeyStore {
       if (row === undefined) return undefined;
       if (row.revoked_at === null) {
         row.revoked_at = Date.now();
-        await db.updateTable('api_keys').set({ revoked_at: row.revoked_at }).where('id', '=', row.id).where('revoked_at', 'is', null).execute();
+        const revokedAt = row.revoked_at;
+        await db.transaction().execute(async (trx) => {
+          await trx.updateTable('api_keys').set({ revoked_at: revokedAt }).where('id', '=', row.id).where('revoked_at', 'is', null).execute();
+          await bump(trx);
+        });
       }
       return toRecord(row);
     },
@@ -213,11 +229,19 @@ export function apiKeyStore(db: Kysely<StoreTables>): ApiKeyStore {
       }
       if (Object.keys(changes).length === 0) return toRecord(row);
       try {
-        await db.updateTable('api_keys').set(changes).where('id', '=', row.id).execute();
+        await db.transaction().execute(async (trx) => {
+          await trx.updateTable('api_keys').set(changes).where('id', '=', row.id).execute();
+          await bump(trx);
+        });
       } catch (error) {
         throw isUniqueViolation(error) && patch.name !== undefined ? new DuplicateKeyNameError(patch.name) : error;
       }
       return toRecord({ ...row, ...changes });
+    },
+
+    async changes() {
+      const row = await db.selectFrom('key_changes').select('version').where('id', '=', 1).executeTakeFirst();
+      return Number(row?.version ?? 0);
     },
 
     async countActive() {

@@ -60,8 +60,15 @@ export interface UsageTotalsTable {
   tokens: number;
 }
 
+/** One row: how many times api_keys has changed (create, update, revoke). */
+export interface KeyChangesTable {
+  id: number;
+  version: number;
+}
+
 export interface StoreTables {
   api_keys: ApiKeysTable;
+  key_changes: KeyChangesTable;
   usage: UsageTable;
   usage_totals: UsageTotalsTable;
 }

@@ -67,6 +67,17 @@ function migrations(kind: StoreKind): Record<string, Migration> {
           .execute();
       },
     },
+    // One counter bumped with every change to api_keys: servers poll it instead of re-reading each cached key.
+    '0003_key_changes': {
+      async up(db: Kysely<any>) {
+        await db.schema
+          .createTable('key_changes')
+          .addColumn('id', 'integer', (column) => column.primaryKey())
+          .addColumn('version', 'bigint', (column) => column.notNull())
+          .execute();
+        await db.insertInto('key_changes').values({ id: 1, version: 0 }).execute();
+      },
+    },
   };
 }
 

@@ -3,10 +3,14 @@
  * however many keys exist, and neither the lookup's timing nor the store reveals a key (inverting SHA-256 of a
  * 256-bit random key is out of reach, so timing differences in a hash-table lookup tell an attacker nothing).
  *
- * Stored keys are cached for `cacheMs` (default 5 s): a revoked or changed key takes effect within that. Keys from
- * the config and the command line are held in memory. With no key anywhere — none configured, no admin key, none
- * active in the store — the server is open and every caller is anonymous; the store is asked again at most every
- * `cacheMs`, so the first `kiln keys create` closes an open server within that delay.
+ * Stored keys are cached; every `cacheMs` (default 5 s) at most, one query reads the store's change counter (bumped by
+ * every `kiln keys create|update|revoke`), and when it moved the cache is dropped: a revoked or changed key takes
+ * effect within that delay, and steady traffic costs the store one small read per interval however many keys are in
+ * use. Keys from the config and the command line are held in memory. With no key anywhere — none configured, no
+ * admin key, none active in the store — the server is open and every caller is anonymous; the first
+ * `kiln keys create` closes it within the same delay.
+ *
+ * When the store cannot be read, keys already known keep working and unknown ones get 503 (never full access).
  */
 import type { RateLimitsConfig } from '../config/config.js';
 import { KilnError } from '../errors/catalog.js';
@@ -28,6 +32,8 @@ export interface StoredKey {
 export interface KeyLookup {
   findByHash(hash: string): Promise<StoredKey | undefined>;
   countActive(): Promise<number>;
+  /** Moves whenever a key is created, updated or revoked. */
+  changes(): Promise<number>;
 }
 
 /** A key from the config, KILN_API_KEYS, --api-key or the admin key. */
@@ -54,16 +60,16 @@ export const KEY_CACHE_MS = 5000;
 /** Hashes remembered; past it the oldest go (a client spraying random keys cannot grow memory without bound). */
 const MAX_CACHED = 100_000;
 
-interface CacheEntry {
-  caller: Caller | null;
-  until: number;
-}
 
 export class KeyResolver {
   private readonly staticCallers = new Map<string, Caller>();
-  private readonly cache = new Map<string, CacheEntry>();
+  /** Stored keys by hash; null: no such key (or revoked). Valid until the store's change counter moves. */
+  private readonly cache = new Map<string, Caller | null>();
   private readonly reading = new Map<string, Promise<Caller | null>>();
-  private storeHasKeys: { value: boolean; until: number } | undefined;
+  private storeHasKeys: boolean | undefined;
+  private version: number | undefined;
+  private checkDueAt = 0;
+  private checking: Promise<void> | undefined;
   private readonly cacheMs: number;
 
   constructor(private readonly options: KeyResolverOptions) {
@@ -93,33 +99,62 @@ export class KeyResolver {
     if (this.staticCallers.size > 0) return false;
     const store = this.options.store;
     if (store === undefined) return true;
-    const now = this.now();
-    if (this.storeHasKeys === undefined || now >= this.storeHasKeys.until) {
-      this.storeHasKeys = { value: (await store.countActive()) > 0, until: now + this.cacheMs };
-    }
-    return !this.storeHasKeys.value;
+    await this.revalidate(store);
+    this.storeHasKeys ??= (await this.fromStore(() => store.countActive())) > 0;
+    return !this.storeHasKeys;
   }
 
   private async stored(hash: string): Promise<Caller | null> {
     const store = this.options.store;
     if (store === undefined) return null;
-    const now = this.now();
+    await this.revalidate(store);
     const cached = this.cache.get(hash);
-    if (cached !== undefined && now < cached.until) return cached.caller;
+    if (cached !== undefined) return cached;
     // Concurrent requests with one key share one read.
     let read = this.reading.get(hash);
     if (read === undefined) {
-      read = store
-        .findByHash(hash)
-        .then((key) => (key === undefined || key.revokedAt !== undefined ? null : this.callerOf(key, false)))
+      const version = this.version;
+      read = this.fromStore(() => store.findByHash(hash))
+        .then((key) => {
+          const caller = key === undefined || key.revokedAt !== undefined ? null : this.callerOf(key, false);
+          // A read that raced a change is not kept: the next request reads again.
+          if (version === this.version) this.cache.set(hash, caller);
+          if (this.cache.size > MAX_CACHED) this.cache.delete(this.cache.keys().next().value!);
+          return caller;
+        })
         .finally(() => this.reading.delete(hash));
       this.reading.set(hash, read);
     }
-    const caller = await read;
-    this.cache.delete(hash);
-    this.cache.set(hash, { caller, until: now + this.cacheMs });
-    if (this.cache.size > MAX_CACHED) this.cache.delete(this.cache.keys().next().value!);
-    return caller;
+    return read;
+  }
+
+  /** Drops what was read from the store when its keys changed; asks at most every `cacheMs`, one read shared. */
+  private async revalidate(store: KeyLookup): Promise<void> {
+    if (this.now() < this.checkDueAt) return;
+    this.checking ??= store
+      .changes()
+      .then(
+        (version) => {
+          if (version !== this.version) {
+            this.cache.clear();
+            this.storeHasKeys = undefined;
+            this.version = version;
+          }
+          this.checkDueAt = this.now() + this.cacheMs;
+        },
+        // The store is unreachable: keys already read keep working; asked again in a second.
+        () => void (this.checkDueAt = this.now() + Math.min(this.cacheMs, 1000)),
+      )
+      .finally(() => (this.checking = undefined));
+    await this.checking;
+  }
+
+  private async fromStore<T>(read: () => Promise<T>): Promise<T> {
+    try {
+      return await read();
+    } catch (error) {
+      throw new KilnError('keysUnavailable', { retryAfterSeconds: 1, cause: error });
+    }
   }
 
   private callerOf(key: StoredKey | (StaticKey & { id: string }), admin: boolean): Caller {
