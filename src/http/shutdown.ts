@@ -26,7 +26,9 @@ export function attachLifecycle(app: FastifyInstance, retryAfterSeconds = 1): Se
   const lifecycle: ServerLifecycle = { draining: false, inFlight: new Set(), connections: new Map() };
   lifecycles.set(app, lifecycle);
   app.server.on('connection', (socket: Socket) => {
-    lifecycle.connections.set(socket, { active: 0, readWhenIdle: undefined });
+    // Idle until its first byte: a spare connection a client opened and never used (undici opens one after an aborted
+    // request) must not hold the drain to its deadline.
+    lifecycle.connections.set(socket, { active: 0, readWhenIdle: 0 });
     socket.once('close', () => lifecycle.connections.delete(socket));
   });
   app.addHook('onRequest', async (request, reply) => {

@@ -189,6 +189,8 @@ export class LlamaRun implements EngineRun {
         await pending?.catch(() => undefined);
         await tokens.return();
       }
+      // A step that found the request aborted also answers `done`: that is no end of generation (no `stop` finish).
+      if (this.signal.aborted || queue.closed) return;
       queue.push({ type: 'text', text: detokenizer.flush(), tokens: 0 });
       queue.push({ type: 'end', reason: 'eog' });
     } finally {
