@@ -130,7 +130,10 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
     if (request.url.startsWith('/v1/') || request.url.startsWith('/admin/')) {
       const caller = await callerOf(request);
       // Every line about the request names the key (never the key itself).
-      request.log = request.log.child({ key: caller.name });
+      // pino binds it to the request's own child logger in place: no second child per request.
+      const log = request.log as FastifyBaseLogger & { setBindings?(bindings: object): void };
+      if (log.setBindings !== undefined) log.setBindings({ key: caller.name });
+      else request.log = log.child({ key: caller.name });
     }
   });
 
