@@ -92,6 +92,7 @@ export class ChatService {
         keyId: caller.id,
         keyName: caller.name,
         ...(request.user !== undefined ? { user: request.user } : {}),
+        ...(caller.quota !== undefined ? { metered: true } : {}),
       },
       request.model,
       arrivedAt,

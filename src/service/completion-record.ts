@@ -17,6 +17,8 @@ export interface CompletionRecord {
   keyName: string;
   /** The request's `user` field, as the client sent it. */
   user?: string;
+  /** The key has a token quota, which this request's tokens count against. */
+  metered?: boolean;
   model: string;
   /** The deployment that served it, when a router chose one. */
   deployment?: string;
@@ -41,6 +43,7 @@ export interface RecordContext {
   keyId: string;
   keyName: string;
   user?: string;
+  metered?: boolean;
 }
 
 /** Counts one request's choices as they are post-processed. */

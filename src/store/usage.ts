@@ -27,6 +27,8 @@ export interface UsageRow {
   finishReason?: string;
   /** The request's `user` field. */
   user?: string;
+  /** The key has a token quota: the row also adds to its day and month totals (usage_totals), which the quota reads. */
+  metered?: boolean;
 }
 
 export type UsageGroupBy = 'key' | 'model' | 'day';
@@ -100,6 +102,7 @@ function toColumns(row: UsageRow): Insertable<UsageTable> {
 function periodTotals(rows: UsageRow[]): UsageTotalsTable[] {
   const totals = new Map<string, UsageTotalsTable>();
   for (const row of rows) {
+    if (row.metered !== true) continue;
     const tokens = row.promptTokens + row.completionTokens;
     for (const period of ['day', 'month'] as const) {
       const key = periodKey(period, row.ts);

@@ -2,7 +2,8 @@
  * Token quotas per calendar day or month (UTC): a key's use in the period is the store's running total (written with
  * the usage ledger) plus what this instance has queued but not yet written. The total is re-read at most every
  * `refreshMs` and after each ledger write, so another instance's use shows within that plus its flush interval; a
- * key can overshoot its quota by what it uses in that window and by the requests it has in flight.
+ * key can overshoot its quota by what it uses in that window and by the requests it has in flight. Only keys with a
+ * quota keep period totals, so a quota counts the tokens used from the moment it was set.
  */
 import { KilnError } from '../errors/catalog.js';
 import type { Caller, QuotaPeriod } from '../service/caller.js';

@@ -58,6 +58,7 @@ export class UsageLedger {
       status: record.status,
       ...(record.finishReasons.some((reason) => reason !== null) ? { finishReason: record.finishReasons.map((reason) => reason ?? '').join(',') } : {}),
       ...(record.user !== undefined ? { user: record.user } : {}),
+      ...(record.metered === true ? { metered: true } : {}),
     };
     this.pending.push(row);
     this.pendingTokens.set(row.keyId, (this.pendingTokens.get(row.keyId) ?? 0) + row.promptTokens + row.completionTokens);

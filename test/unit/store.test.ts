@@ -48,6 +48,7 @@ function usageRow(overrides: Partial<UsageRow>): UsageRow {
     requestId: `req-${randomBytes(4).toString('hex')}`,
     keyId: 'key_a',
     keyName: 'alice',
+    metered: true,
     model: 'Qwen/Qwen2.5-7B-Instruct',
     promptTokens: 10,
     cachedTokens: 2,
@@ -175,6 +176,8 @@ for (const kind of ['sqlite', 'postgres'] as const) {
       assert.equal(await store.usage.periodTokens('nobody', 'day', new Date(midnight)), 0);
       await store.usage.insert([usageRow({ ts: midnight + 5000, promptTokens: 1, completionTokens: 2 })]);
       assert.equal(await store.usage.periodTokens('key_a', 'day', new Date(midnight)), 33, 'totals add up across batches');
+      await store.usage.insert([usageRow({ ts: midnight + 6000, keyId: 'key_c', keyName: 'carol', metered: false })]);
+      assert.equal(await store.usage.periodTokens('key_c', 'day', new Date(midnight)), 0, 'only keys with a quota keep totals');
     });
 
     test('usage: 10,000 rows in one insert, totals included', async (t) => {
