@@ -15,8 +15,9 @@ import pg from 'pg';
 import { keysCommand } from '../../src/cli/keys-command.js';
 import { usageCommand } from '../../src/cli/usage-command.js';
 import { DuplicateKeyNameError, hashApiKey, openStore, storeOptionsFrom, type Store, type StoreOptions, type UsageRow } from '../../src/store/store.js';
+import { POSTGRES_URL, reachablePostgres } from '../helpers/stores.js';
 
-const PG_URL = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/test';
+const PG_URL = POSTGRES_URL;
 const DAY_MS = 24 * 60 * 60 * 1000;
 const tempDirs: string[] = [];
 
@@ -26,21 +27,6 @@ async function tempDir(): Promise<string> {
   return dir;
 }
 after(() => Promise.all(tempDirs.map((dir) => rm(dir, { recursive: true, force: true }))));
-
-async function postgresAnswers(): Promise<boolean> {
-  const client = new pg.Client({ connectionString: PG_URL, connectionTimeoutMillis: 1_000, query_timeout: 1_000 });
-  // A refused or dropped connection is an answer here, not an uncaught error.
-  client.on('error', () => {});
-  try {
-    await client.connect();
-    await client.query('select 1');
-    return true;
-  } catch {
-    return false;
-  } finally {
-    await client.end().catch(() => {});
-  }
-}
 
 function usageRow(overrides: Partial<UsageRow>): UsageRow {
   return {
@@ -68,7 +54,7 @@ for (const kind of ['sqlite', 'postgres'] as const) {
     const schema = `kiln_test_${randomBytes(6).toString('hex')}`;
 
     before(async () => {
-      if (kind === 'postgres') available = await postgresAnswers();
+      if (kind === 'postgres') available = (await reachablePostgres()) !== undefined;
       if (!available) return;
       options = kind === 'sqlite' ? { dataDir: join(await tempDir(), 'nested', 'data') } : { databaseUrl: PG_URL, schema };
       store = await openStore(options);
