@@ -101,20 +101,41 @@ export async function startPortkey(nodeFlags: string[] = []): Promise<ServerProc
 
 export const KILN_MODEL = 'bench-model';
 
-/** `kiln serve` with one model served by the upstream at `upstreamUrl` (its origin; Kiln is given `<origin>/v1`). */
-export async function startKilnGateway(upstreamUrl: string, upstreamModel: string, nodeFlags: string[] = []): Promise<ServerProcess> {
-  const dir = await mkdtemp(join(tmpdir(), 'kiln-gateway-bench-'));
+/** Environment variables of the caller's that would change which store, counters or keys Kiln uses. */
+const CALLER_ONLY = ['DATABASE_URL', 'REDIS_URL', 'KILN_API_KEYS', 'KILN_ADMIN_KEY', 'KILN_DATA_DIR'];
+
+export interface KilnGatewayOptions {
+  /** Node flags for the server process, e.g. --cpu-prof. */
+  nodeFlags?: string[];
+  /** Its store and config live here (default: a fresh temporary directory). */
+  dataDir?: string;
+  /** More top-level config (redis_url, …) and `server` settings (admin_key, …). */
+  config?: Record<string, unknown>;
+  server?: Record<string, unknown>;
+}
+
+/**
+ * `kiln serve` with one model served by the upstream at `upstreamUrl` (its origin; Kiln is given `<origin>/v1`), its
+ * own data directory, and an environment without the caller's store, Redis or keys: a developer's shell must not
+ * decide what is measured.
+ */
+export async function startKilnGateway(upstreamUrl: string, upstreamModel: string, options: KilnGatewayOptions = {}): Promise<ServerProcess> {
+  const dir = options.dataDir ?? (await mkdtemp(join(tmpdir(), 'kiln-gateway-bench-')));
   const config = join(dir, 'kiln.yaml');
   await writeFile(
     config,
     stringify({
-      server: { upstream: { first_token_timeout_ms: 60_000 } },
+      data_dir: dir,
+      ...options.config,
+      server: { ...options.server, upstream: { first_token_timeout_ms: 60_000 } },
       models: [{ id: KILN_MODEL, upstreams: [{ url: `${upstreamUrl}/v1`, model: upstreamModel, max_concurrency: 256 }], queue_depth: 1024 }],
     }),
   );
   const bin = join(REPO_ROOT, 'bin/kiln.cjs');
   if (!existsSync(join(REPO_ROOT, 'dist/cli/main.js'))) throw new Error('dist/ is missing: run `npx tsc -p .` first');
-  const child = spawn(process.execPath, [...nodeFlags, bin, 'serve', '--config', config, '--port', '0', '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const env = { ...process.env };
+  for (const name of CALLER_ONLY) delete env[name];
+  const child = spawn(process.execPath, [...(options.nodeFlags ?? []), bin, 'serve', '--config', config, '--port', '0', '--log-level', 'warn'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   const url = await new Promise<string>((resolvePromise, reject) => {
     const timer = setTimeout(() => reject(new Error(`kiln did not start within 60 s:\n${output}`)), 60_000);

@@ -107,7 +107,7 @@ async function startTargets(profileDir?: string): Promise<Started> {
     for (const name of NAMES) {
       if (name === 'direct') targets.push(makeTarget('direct', upstream.url, CANNED_MODEL));
       else if (name === 'kiln') {
-        const kiln = await startKilnGateway(upstream.url, CANNED_MODEL, profileFlags('kiln'));
+        const kiln = await startKilnGateway(upstream.url, CANNED_MODEL, { nodeFlags: profileFlags('kiln') });
         servers.push(kiln);
         pids.set('kiln', kiln.child.pid);
         targets.push(makeTarget('kiln', kiln.url, KILN_MODEL));

@@ -68,6 +68,7 @@ const EXPECTED_DEFAULTS = {
   thinkingBudget: 4096,
   continueLastAssistant: false,
   user: undefined,
+  textBytes: 5,
 };
 
 describe('defaults', () => {
