@@ -2,7 +2,6 @@
  * The Kiln processes `npm run bench:auth` compares, and the store it fills before they start: each gets its own data
  * directory and a config that says whether tenancy is on.
  */
-import { readFileSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -69,13 +68,3 @@ export function startKiln(upstreamUrl: string, upstreamModel: string, variant: K
   });
 }
 
-/** User + system CPU time of a process so far, in ms (/proc: 10 ms ticks, fine over thousands of requests). */
-export function cpuMs(pid: number | undefined): number {
-  if (pid === undefined) return Number.NaN;
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
-  } catch {
-    return Number.NaN;
-  }
-}

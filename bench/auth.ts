@@ -26,8 +26,8 @@ import { parseArgs } from 'node:util';
 import { request } from 'undici';
 import { CANNED_MODEL, startCannedUpstream } from './canned-upstream.js';
 import { makeTarget, median, once, percentile, type Target } from './gateway-client.js';
-import { KILN_MODEL, type ServerProcess } from './gateway-servers.js';
-import { BENCH_RPM, BENCH_TPM, cpuMs, ledgerRequests, seedKeys, startKiln, tempDir } from './auth-servers.js';
+import { cpuMs, KILN_MODEL, type ServerProcess } from './gateway-servers.js';
+import { BENCH_RPM, BENCH_TPM, ledgerRequests, seedKeys, startKiln, tempDir } from './auth-servers.js';
 import { renderSummary, summariseFile } from './gateway-profile.js';
 import { renderReport, type Cell, type Phase } from './auth-report.js';
 

@@ -5,7 +5,7 @@
  *   `${KILN_CACHE_DIR ?? ~/.cache/kiln}/portkey` — never a dependency of Kiln's.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
 import { homedir, tmpdir } from 'node:os';
@@ -179,4 +179,15 @@ export async function startFloorGateway(upstreamUrl: string, nodeFlags: string[]
     });
   });
   return { url, child, output: () => output, stop: stopper(child) };
+}
+
+/** User + system CPU time of a process so far, in ms (/proc: 10 ms ticks, plenty over a few thousand requests). */
+export function cpuMs(pid: number | undefined): number {
+  if (pid === undefined) return Number.NaN;
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
+  } catch {
+    return Number.NaN;
+  }
 }

@@ -21,7 +21,6 @@
  *                         and not, for --seconds each, and print where their CPU time goes
  */
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { cpus, loadavg, release, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -29,7 +28,7 @@ import { parseArgs } from 'node:util';
 import { CANNED_MODEL, CANNED_WORDS, startCannedUpstream } from './canned-upstream.js';
 import { closedLoop, makeTarget, median, percentile, verify, type Mode, type Target } from './gateway-client.js';
 import { renderSummary, summariseFile } from './gateway-profile.js';
-import { KILN_MODEL, PORTKEY_PINS, PORTKEY_VERSION, ensurePortkey, startFloorGateway, startKilnGateway, startPortkey, type ServerProcess } from './gateway-servers.js';
+import { KILN_MODEL, PORTKEY_PINS, PORTKEY_VERSION, ensurePortkey, cpuMs, startFloorGateway, startKilnGateway, startPortkey, type ServerProcess } from './gateway-servers.js';
 
 const REPO_ROOT = resolve(import.meta.dirname, '..');
 const { values: flags } = parseArgs({
@@ -65,17 +64,6 @@ const fmtMs = (ms: number) => (Number.isNaN(ms) ? '—' : Math.abs(ms) >= 100 ? 
 const fmtRate = (rate: number) => (Number.isNaN(rate) ? '—' : rate.toFixed(0));
 const spread = (values: number[], fmt: (value: number) => string) => (values.length < 2 ? fmt(values[0] ?? Number.NaN) : `${fmt(median(values))} (${fmt(Math.min(...values))}–${fmt(Math.max(...values))})`);
 const modeLabel = (mode: Mode) => (mode === 'json' ? 'non-streaming, whole response' : 'streaming, first content chunk');
-
-/** User + system CPU time of a process so far, in ms (/proc: 10 ms ticks, plenty over a few thousand requests). */
-function cpuMs(pid: number | undefined): number {
-  if (pid === undefined) return Number.NaN;
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
-  } catch {
-    return Number.NaN;
-  }
-}
 
 function machine(): string {
   const cpu = cpus();
