@@ -57,7 +57,9 @@ function migrations(kind: StoreKind): Record<string, Migration> {
           .addColumn('end_user', 'text')
           .execute();
         await db.schema.createIndex('usage_ts').on('usage').column('ts').execute();
-        await db.schema.createIndex('usage_key_ts').on('usage').columns(['key_id', 'ts']).execute();
+        // Only the time index: every summary is a time window. An index led by the key would put each write at a
+        // random place in a b-tree (one per key in use), which costs every request; a key's quota reads
+        // usage_totals instead.
         await db.schema
           .createTable('usage_totals')
           .addColumn('key_id', 'text', (column) => column.notNull())
