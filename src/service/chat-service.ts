@@ -87,13 +87,7 @@ export class ChatService {
       reserveTokens: estimatePromptTokens(request.textBytes, request.messages.length) + request.maxTokens * request.n,
     });
     const tally = new CompletionTally(
-      {
-        ...(context.requestId !== undefined ? { requestId: context.requestId } : {}),
-        keyId: caller.id,
-        keyName: caller.name,
-        ...(request.user !== undefined ? { user: request.user } : {}),
-        ...(caller.quota !== undefined ? { metered: true } : {}),
-      },
+      { requestId: context.requestId, keyId: caller.id, keyName: caller.name, user: request.user, metered: caller.quota !== undefined },
       request.model,
       arrivedAt,
     );

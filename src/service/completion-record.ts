@@ -83,10 +83,12 @@ export class CompletionTally {
       finishReasons.push(this.finishes[index]?.finishReason ?? null);
     }
     if (this.status === 'completed' && finishReasons.includes(null)) this.status = 'cancelled';
-    return {
-      ...this.context,
+    // Built field by field: once per request, and spreads of optional parts cost more than the rest of this.
+    const { requestId, keyId, keyName, user, metered } = this.context;
+    const record: CompletionRecord = {
+      keyId,
+      keyName,
       model: this.model,
-      ...(run?.deployment !== undefined ? { deployment: run.deployment } : {}),
       promptTokens: run?.promptTokens ?? 0,
       cachedTokens: run?.cachedTokens ?? 0,
       completionTokens,
@@ -94,8 +96,13 @@ export class CompletionTally {
       status: this.status,
       finishReasons,
       durationMs: Math.round(performance.now() - this.startedAt),
-      ...(this.firstTokenAt !== undefined ? { firstTokenMs: Math.round(this.firstTokenAt - this.startedAt) } : {}),
       queueMs: Math.round(this.queueMs),
     };
+    if (requestId !== undefined) record.requestId = requestId;
+    if (user !== undefined) record.user = user;
+    if (metered === true) record.metered = true;
+    if (run?.deployment !== undefined) record.deployment = run.deployment;
+    if (this.firstTokenAt !== undefined) record.firstTokenMs = Math.round(this.firstTokenAt - this.startedAt);
+    return record;
   }
 }

@@ -20,7 +20,7 @@ export class TenancyGate implements RequestGate {
   constructor(private readonly options: TenancyGateOptions) {}
 
   async admit({ caller, model, reserveTokens }: GateRequest): Promise<GatePass> {
-    await this.options.quotas?.check(caller);
+    if (caller.quota !== undefined) await this.options.quotas?.check(caller);
     const onModel = this.options.modelLimits?.(model);
     if (caller.rpm === undefined && caller.tpm === undefined && onModel === undefined) return UNLIMITED;
     return this.options.rateLimits.reserve(

@@ -42,24 +42,25 @@ export class UsageLedger {
   }
 
   record(record: CompletionRecord): void {
+    // Field by field rather than spreads of optional parts: this runs once per request.
     const row: UsageRow = {
       ts: Date.now(),
       requestId: record.requestId ?? '',
       keyId: record.keyId,
       keyName: record.keyName,
       model: record.model,
-      ...(record.deployment !== undefined ? { deployment: record.deployment } : {}),
       promptTokens: record.promptTokens,
       cachedTokens: record.cachedTokens,
       completionTokens: record.completionTokens,
       reasoningTokens: record.reasoningTokens,
-      ...(record.firstTokenMs !== undefined ? { ttftMs: record.firstTokenMs } : {}),
       durationMs: record.durationMs,
       status: record.status,
-      ...(record.finishReasons.some((reason) => reason !== null) ? { finishReason: record.finishReasons.map((reason) => reason ?? '').join(',') } : {}),
-      ...(record.user !== undefined ? { user: record.user } : {}),
-      ...(record.metered === true ? { metered: true } : {}),
     };
+    if (record.deployment !== undefined) row.deployment = record.deployment;
+    if (record.firstTokenMs !== undefined) row.ttftMs = record.firstTokenMs;
+    if (record.finishReasons.some((reason) => reason !== null)) row.finishReason = record.finishReasons.map((reason) => reason ?? '').join(',');
+    if (record.user !== undefined) row.user = record.user;
+    if (record.metered === true) row.metered = true;
     this.pending.push(row);
     this.pendingTokens.set(row.keyId, (this.pendingTokens.get(row.keyId) ?? 0) + row.promptTokens + row.completionTokens);
     if (this.pending.length >= (this.options.batchRows ?? 1000)) void this.flush();
