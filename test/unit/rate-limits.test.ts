@@ -6,15 +6,15 @@
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import net from 'node:net';
 import { describe, mock, test, type TestContext } from 'node:test';
 import { KilnError } from '../../src/errors/catalog.js';
 import { formatResetDuration } from '../../src/tenancy/ratelimit-headers.js';
 import { RateLimits, type RateLimitStoreOptions, type RateSubject } from '../../src/tenancy/rate-limits.js';
+import { reachableRedis, REDIS_URL } from '../helpers/stores.js';
+import { TcpProxy, unusedPort } from '../helpers/tcp-proxy.js';
 
-const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const redisTarget = new URL(REDIS_URL);
-const redisUp = await answersPing(redisTarget.hostname, Number(redisTarget.port || 6379), 1_000);
+const redisUp = (await reachableRedis()) !== undefined;
 const redisAbsent = `Redis not reachable at ${redisTarget.hostname}:${redisTarget.port || 6379} (set REDIS_URL)`;
 
 class CollectingLog {
@@ -314,85 +314,5 @@ async function until(condition: () => boolean, ms = 3_000): Promise<void> {
   while (!condition()) {
     if (Date.now() > deadline) assert.fail('condition not met in time');
     await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
-
-async function unusedPort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
-function answersPing(host: string, port: number, ms: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = net.connect({ host, port });
-    const done = (up: boolean) => {
-      socket.destroy();
-      resolve(up);
-    };
-    socket.setTimeout(ms, () => done(false));
-    socket.on('error', () => done(false));
-    socket.on('connect', () => socket.write('PING\r\n'));
-    // +PONG, or -NOAUTH from a server with a password: either way a Redis answers.
-    socket.on('data', (data) => done(/^(\+PONG|-NOAUTH)/.test(data.toString())));
-  });
-}
-
-/**
- * A TCP proxy to Redis that the test can cut (every connection dropped, nothing accepted) and resume on one port, or
- * stall (Redis's replies held back, the connections kept) and let flow again.
- */
-class TcpProxy {
-  private readonly sockets = new Set<net.Socket>();
-  private readonly upstreams = new Set<net.Socket>();
-  private server: net.Server | undefined;
-  port = 0;
-
-  private constructor(
-    private readonly host: string,
-    private readonly targetPort: number,
-  ) {}
-
-  static async start(host: string, port: number): Promise<TcpProxy> {
-    const proxy = new TcpProxy(host, port);
-    await proxy.resume();
-    return proxy;
-  }
-
-  async resume(): Promise<void> {
-    const server = net.createServer((client) => {
-      const upstream = net.connect({ host: this.host, port: this.targetPort });
-      this.upstreams.add(upstream);
-      upstream.on('close', () => this.upstreams.delete(upstream));
-      for (const socket of [client, upstream]) {
-        this.sockets.add(socket);
-        socket.on('close', () => this.sockets.delete(socket));
-        socket.on('error', () => {
-          client.destroy();
-          upstream.destroy();
-        });
-      }
-      client.pipe(upstream).pipe(client);
-    });
-    await new Promise<void>((resolve) => server.listen(this.port, '127.0.0.1', resolve));
-    this.port = (server.address() as net.AddressInfo).port;
-    this.server = server;
-  }
-
-  stall(): void {
-    for (const upstream of this.upstreams) upstream.pause();
-  }
-
-  flow(): void {
-    for (const upstream of this.upstreams) upstream.resume();
-  }
-
-  async stop(): Promise<void> {
-    const server = this.server;
-    this.server = undefined;
-    for (const socket of this.sockets) socket.destroy();
-    if (server !== undefined) await new Promise((resolve) => server.close(resolve));
   }
 }
