@@ -1,0 +1,121 @@
+/**
+ * The host-memory tier of the prompt cache: sequence states (tokens + KV) kept as files in a RAM-backed directory —
+ * node-llama-cpp saves and loads a sequence's state only through a file — and found by the longest token prefix of
+ * a new prompt (prefix-index.ts), least recently used first out under a byte budget.
+ *
+ * Not wired into the engine yet (docs/prompt-cache.md, "Design"): the pool will ask `lookup` next to its idle
+ * sequences, and a sequence about to be erased for an unrelated prompt will be `keep`-ed first.
+ */
+import { randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, rm, unlink } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { LlamaContextSequence, Token } from 'node-llama-cpp';
+import type { Log } from '../../../core/log.js';
+import { PrefixIndex, type CachedPrefix, type PrefixLease } from './prefix-index.js';
+
+export interface PromptCacheOptions {
+  /** Where state files go; default a directory of its own under /dev/shm (RAM), else the system's temporary one. */
+  dir?: string;
+  budgetBytes: number;
+  /** Shorter prefixes are not worth a save and a restore: prefilling them costs less (measured, docs). */
+  minTokens: number;
+  log: Log;
+}
+
+interface StateFile {
+  path: string;
+}
+
+/** A cached prefix found for a prompt, held (not evictable) until restored or released. */
+export interface CacheHit {
+  readonly tokens: number;
+  release(): void;
+}
+
+interface HeldHit extends CacheHit {
+  entry: CachedPrefix<StateFile>;
+  lease: PrefixLease;
+}
+
+export class PromptCache {
+  private readonly index: PrefixIndex<StateFile>;
+
+  private constructor(
+    private readonly dir: string,
+    private readonly options: PromptCacheOptions,
+  ) {
+    this.index = new PrefixIndex<StateFile>({
+      budgetBytes: options.budgetBytes,
+      onEvict: (entry) => void unlink(entry.value.path).catch(() => undefined),
+    });
+  }
+
+  static async open(options: PromptCacheOptions): Promise<PromptCache> {
+    const base = options.dir ?? (existsSync('/dev/shm') ? '/dev/shm' : tmpdir());
+    const dir = join(base, `kiln-prompt-cache-${process.pid}-${randomUUID().slice(0, 8)}`);
+    await mkdir(dir, { recursive: true });
+    return new PromptCache(dir, options);
+  }
+
+  get bytes(): number {
+    return this.index.bytes;
+  }
+
+  get entries(): number {
+    return this.index.size;
+  }
+
+  /**
+   * Keeps `sequence`'s current state unless it is too short or an entry already covers exactly its tokens. Holds the
+   * context while the state is written (node-llama-cpp locks it), so callers choose when.
+   */
+  async keep(sequence: LlamaContextSequence): Promise<boolean> {
+    const tokens = sequence.contextTokens;
+    if (tokens.length < this.options.minTokens) return false;
+    if (this.index.longestPrefix(tokens, tokens.length) !== undefined) return false;
+    const path = join(this.dir, `${randomUUID()}.state`);
+    try {
+      const { fileSize } = await sequence.saveStateToFile(path);
+      if (this.index.insert(tokens, { path }, fileSize) !== undefined) return true;
+    } catch (error) {
+      this.options.log.warn({ err: (error as Error).message, tokens: tokens.length }, 'prompt cache: a state could not be saved');
+    }
+    await unlink(path).catch(() => undefined);
+    return false;
+  }
+
+  /** The longest cached prefix of `prompt` that beats `alreadyShared` (what an idle sequence holds) by minTokens. */
+  lookup(prompt: readonly Token[], alreadyShared = 0): CacheHit | undefined {
+    const match = this.index.longestPrefix(prompt, alreadyShared + this.options.minTokens);
+    if (match === undefined) return undefined;
+    const lease = this.index.pin(match.entry);
+    const hit: HeldHit = { tokens: match.length, entry: match.entry, lease, release: () => lease.release() };
+    return hit;
+  }
+
+  /**
+   * Loads a hit into `sequence` (whatever it held goes) and releases the hit. Returns the tokens now in the sequence's
+   * KV cache: the hit's length, or 0 when the state could not be loaded (the entry is dropped and logged; the caller
+   * then prefills as if nothing was cached).
+   */
+  async restore(sequence: LlamaContextSequence, hit: CacheHit): Promise<number> {
+    const { entry } = hit as HeldHit;
+    try {
+      await sequence.loadStateFromFile(entry.value.path, { acceptRisk: true });
+      return sequence.contextTokens.length === hit.tokens ? hit.tokens : 0;
+    } catch (error) {
+      this.options.log.warn({ err: (error as Error).message, tokens: hit.tokens }, 'prompt cache: a state could not be loaded; dropped');
+      this.index.delete(entry);
+      await sequence.clearHistory().catch(() => undefined);
+      return 0;
+    } finally {
+      hit.release();
+    }
+  }
+
+  async close(): Promise<void> {
+    await rm(this.dir, { recursive: true, force: true });
+  }
+}
