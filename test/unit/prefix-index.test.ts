@@ -4,7 +4,7 @@
  * plain list scanned linearly; a micro-measure reports what a lookup costs at the size the cache is meant for.
  */
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { describe, test } from 'node:test';
 import fc from 'fast-check';
 import { PrefixIndex, type CachedPrefix, type PrefixLease, type RemovalReason } from '../../src/engines/llama/prompt-cache/prefix-index.js';
 
@@ -350,4 +350,49 @@ test('micro-measure: a 4,000-token prompt looked up among 1,000 entries', (t) =>
   }
   const scanMicros = Number(process.hrtime.bigint() - started) / 1000 / 10;
   t.diagnostic(`lookup of a 4,000-token prompt among ${index.size} entries (${index.nodeCount} nodes): ${treeMicros.toFixed(1)} µs; a linear scan: ${scanMicros.toFixed(0)} µs`);
+});
+
+describe('longestShared: the entry sharing the most leading tokens, even past where the prompt parts from it', () => {
+  test('a cached turn whose tail differs from the next prompt still serves its shared part', () => {
+    const index = new PrefixIndex<string>({ budgetBytes: 1_000 });
+    index.insert([1, 2, 3, 4, 5, 6], 'turn-1 with its answer', 10);
+    index.insert([1, 2, 9], 'other', 10);
+    const match = index.longestShared([1, 2, 3, 4, 7, 7, 7]);
+    assert.equal(match?.entry.value, 'turn-1 with its answer');
+    assert.equal(match?.length, 4);
+    assert.equal(index.longestShared([1, 2, 3, 4, 7], 5), undefined, 'minLength counts shared tokens');
+    assert.equal(index.longestShared([8, 1, 2]), undefined);
+    // A whole entry inside the prompt is a full match, as longestPrefix finds it.
+    assert.deepEqual(index.longestShared([1, 2, 9, 9]), { entry: index.longestPrefix([1, 2, 9])!.entry, length: 3 });
+  });
+
+  test('among entries sharing as much, the shortest (the least to load)', () => {
+    const index = new PrefixIndex<string>({ budgetBytes: 1_000 });
+    index.insert([1, 2, 3, 4, 5, 6, 7, 8], 'long', 10);
+    index.insert([1, 2, 3, 4, 5, 9], 'short', 10);
+    index.insert([1, 2, 3, 4, 5, 9, 9, 9, 9], 'longer', 10);
+    assert.equal(index.longestShared([1, 2, 3, 4, 0])?.entry.value, 'short');
+  });
+
+  test('agrees with a linear scan on random entries and prompts', () => {
+    const tokens = fc.array(fc.integer({ min: 0, max: 3 }), { minLength: 1, maxLength: 12 });
+    fc.assert(
+      fc.property(fc.array(tokens, { minLength: 1, maxLength: 20 }), tokens, (entries, prompt) => {
+        const index = new PrefixIndex<number>({ budgetBytes: 1e9 });
+        entries.forEach((entry, at) => index.insert(entry, at, 1));
+        const kept = new Map(index.entries().map((entry) => [entry.value, [...entry.tokens]]));
+        const lcp = (a: number[]) => {
+          let n = 0;
+          while (n < a.length && n < prompt.length && a[n] === prompt[n]) n++;
+          return n;
+        };
+        const best = Math.max(...[...kept.values()].map(lcp));
+        const match = index.longestShared(prompt);
+        if (best === 0) return match === undefined;
+        const shortest = Math.min(...[...kept.values()].filter((entry) => lcp(entry) === best).map((entry) => entry.length));
+        return match !== undefined && match.length === best && lcp([...match.entry.tokens]) === best && match.entry.tokens.length === shortest;
+      }),
+      { numRuns: 500 },
+    );
+  });
 });

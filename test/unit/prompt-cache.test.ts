@@ -137,3 +137,20 @@ test('the budget evicts the least recently used state and deletes its file', asy
 async function cacheDir(cache: PromptCache): Promise<string> {
   return (cache as unknown as { dir: string }).dir;
 }
+
+test('a state that goes on past where the next prompt parts from it serves the shared part', async () => {
+  const { cache } = await open();
+  const turn1 = tokensOf(DOCUMENT);
+  const answered = [...turn1, ...tokensOf(' an answer as the model generated it')];
+  const turn2 = [...turn1, ...tokensOf(' the answer as the template renders it, then a question')];
+  await prefill(sequences[0]!, answered);
+  await cache.keep(sequences[0]!);
+  const shared = turn1.length + tokensOf(' an answer as the model generated it').findIndex((token, at) => token !== turn2[turn1.length + at]);
+  const hit = cache.lookup(turn2)!;
+  assert.equal(hit.tokens, shared);
+  assert.equal(await cache.restore(sequences[1]!, hit), shared);
+  assert.deepEqual(sequences[1]!.contextTokens, turn2.slice(0, shared));
+  const restored = await greedy(sequences[1]!, turn2.slice(shared));
+  await prefill(sequences[2]!, turn2.slice(0, shared));
+  assert.deepEqual(restored, await greedy(sequences[2]!, turn2.slice(shared)));
+});

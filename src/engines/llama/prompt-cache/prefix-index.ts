@@ -129,6 +129,33 @@ export class PrefixIndex<T> {
   }
 
   /**
+   * The entry sharing the most leading tokens with `tokens`, even when it goes on past where they part (a cached
+   * turn ends with the answer as generated, which the next prompt renders a little differently): restoring it and
+   * cutting it back to `length` tokens is still cheaper than prefilling them. Among entries sharing equally, the
+   * shortest (the least to load). At least `minLength` shared; the match becomes the most recently used entry.
+   */
+  longestShared(tokens: ArrayLike<number>, minLength = 1): PrefixMatch<T> | undefined {
+    let node = this.root;
+    let depth = 0;
+    let below: Node<T> = this.root;
+    while (depth < tokens.length) {
+      const child = node.children.get(tokens[depth]!);
+      if (child === undefined) break;
+      const shared = sharedLength(child.label, tokens, depth);
+      depth += shared;
+      below = child;
+      if (shared < child.label.length) break;
+      node = child;
+    }
+    if (depth < minLength || below === this.root) return undefined;
+    // Every entry under the node where the walk stopped shares exactly `depth` tokens with the prompt (or covers it).
+    const entry = shortestEntry(below);
+    if (entry === undefined) return undefined;
+    this.touch(entry);
+    return { entry, length: Math.min(depth, entry.tokens.length) };
+  }
+
+  /**
    * Adds a state for `tokens` (replacing one for exactly these tokens), then evicts the least recently used unpinned
    * entries until `bytes` is within budget. Returns the new entry, or undefined when it cannot fit beside the pinned
    * entries; then nothing changed, and the value is still the caller's.
@@ -259,6 +286,24 @@ export class PrefixIndex<T> {
     this.heldBytes -= entry.bytes;
     return true;
   }
+}
+
+/** The entry with the fewest tokens at or below `node` (every node below any point leads to an entry). */
+function shortestEntry<T>(node: Node<T>): Entry<T> | undefined {
+  let best: Entry<T> | undefined;
+  let bestDepth = Infinity;
+  // Depth first, counting tokens below `node`; a branch already as deep as the best found cannot beat it.
+  const visit = (current: Node<T>, depth: number): void => {
+    if (depth >= bestDepth) return;
+    if (current.entry !== undefined) {
+      best = current.entry;
+      bestDepth = depth;
+      return;
+    }
+    for (const child of current.children.values()) visit(child, depth + child.label.length);
+  };
+  visit(node, 0);
+  return best;
 }
 
 /** How many tokens from `tokens[from]` on agree with the start of `label`. */

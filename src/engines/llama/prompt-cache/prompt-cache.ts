@@ -86,9 +86,13 @@ export class PromptCache {
     return false;
   }
 
-  /** The longest cached prefix of `prompt` that beats `alreadyShared` (what an idle sequence holds) by minTokens. */
+  /**
+   * The cached state sharing the most leading tokens with `prompt`, when that beats `alreadyShared` (what the leased
+   * sequence holds) by minTokens. It may go on past where the prompt parts from it: a conversation's cached turn ends
+   * with the answer as generated, which the next prompt renders a little differently; restore cuts it back.
+   */
   lookup(prompt: readonly Token[], alreadyShared = 0): CacheHit | undefined {
-    const match = this.index.longestPrefix(prompt, alreadyShared + this.options.minTokens);
+    const match = this.index.longestShared(prompt, alreadyShared + this.options.minTokens);
     if (match === undefined) return undefined;
     const lease = this.index.pin(match.entry);
     const hit: HeldHit = { tokens: match.length, entry: match.entry, lease, release: () => lease.release() };
@@ -104,7 +108,10 @@ export class PromptCache {
     const { entry } = hit as HeldHit;
     try {
       await sequence.loadStateFromFile(entry.value.path, { acceptRisk: true });
-      return sequence.contextTokens.length === hit.tokens ? hit.tokens : 0;
+      const loaded = sequence.contextTokens.length;
+      if (loaded < hit.tokens) throw new Error(`the state holds ${loaded} tokens, not ${entry.tokens.length}`);
+      if (loaded > hit.tokens) await sequence.eraseContextTokenRanges([{ start: hit.tokens, end: loaded }]);
+      return hit.tokens;
     } catch (error) {
       this.options.log.warn({ err: (error as Error).message, tokens: hit.tokens }, 'prompt cache: a state could not be loaded; dropped');
       this.index.delete(entry);
