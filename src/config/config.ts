@@ -142,6 +142,11 @@ const modelSchema = z.strictObject({
   owned_by: z.string().optional(),
   /** Per key on this id: each key's requests and tokens per minute here, on top of the key's own limits. */
   rate_limits: rateLimitsSchema.optional(),
+  /**
+   * Work in progress (issue 13): sequence states kept in host memory (a RAM-backed directory) beyond the `parallel`
+   * sequences, so a conversation's next turn starts from its cached prefix; off unless set.
+   */
+  prompt_cache: z.strictObject({ ram_mb: z.int().min(1) }).optional(),
 });
 
 const configSchema = z.strictObject({

@@ -197,5 +197,6 @@ function engineSettings(model: ModelConfig, file: string): LlamaEngineSettings {
     ...(model.flash_attention !== undefined ? { flashAttention: model.flash_attention === 'auto' ? 'auto' : model.flash_attention === 'on' } : {}),
     ...(model.load !== undefined ? { load: model.load } : {}),
     ...(model.gpu_layers !== undefined ? { gpuLayers: model.gpu_layers } : {}),
+    ...(model.prompt_cache !== undefined ? { promptCache: { ramMb: model.prompt_cache.ram_mb } } : {}),
   };
 }

@@ -102,7 +102,7 @@ function createEngine(spec: DeploymentSpec, modelId: string, context: EngineFact
       };
       const load = async () => {
         await file.ensurePresent();
-        return LlamaEngine.load(settings);
+        return LlamaEngine.load({ ...settings, log: context.log });
       };
       // Named by the first id that serves the file (ids sharing it are the same model, e.g. `X` and `Pro/X`).
       engine = new ManagedEngine(modelId, load, expected, spec.lifecycle, context.log, memory);

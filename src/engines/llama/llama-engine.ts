@@ -19,9 +19,11 @@ import {
 } from 'node-llama-cpp';
 import { offeredTools, type ChatRequest } from '../../core/chat-request.js';
 import type { ChatEngine, EngineDescription, EngineRun, EngineStatus, ReasoningMode } from '../../core/engine.js';
+import { SILENT_LOG, type Log } from '../../core/log.js';
 import type { RequestGrammars } from '../../core/grammar/request-grammar.js';
 import { KilnError } from '../../errors/catalog.js';
 import { ChatTemplate, TemplateError } from './chat-template.js';
+import { PromptCache } from './prompt-cache/prompt-cache.js';
 import { PromptTokenizer } from './prompt-tokens.js';
 import { LlamaRun, type CompiledGrammars } from './llama-run.js';
 import { getRuntime, usableCores } from './runtime.js';
@@ -59,7 +61,16 @@ export interface LlamaEngineSettings {
    * Tests set it high to show that nothing else holds the lockstep: a reader that stopped reading never does.
    */
   lockstepWaitMs?: number;
+  /** Sequence states kept in host memory beyond the sequences (prompt-cache/); absent: none. */
+  promptCache?: { ramMb: number; minTokens?: number };
+  log?: Log;
 }
+
+/**
+ * The prompt tokens a restore must save over what the sequence holds. Loading a state costs about 1/1000 of
+ * prefilling it on the CPU (docs/prompt-cache.md), so any real prefix pays; below this the gain is under ~0.1 s.
+ */
+const PROMPT_CACHE_MIN_TOKENS = 32;
 
 const DEFAULT_CONTEXT_CAP = 4096;
 
@@ -111,6 +122,7 @@ export class LlamaEngine implements ChatEngine {
     private readonly llama: Llama,
     private readonly reasons: boolean,
     private readonly prompts: PromptTokenizer,
+    private readonly promptCache: PromptCache | undefined,
   ) {}
 
   private readonly grammarCache = new Map<string, Promise<LlamaGrammar>>();
@@ -185,7 +197,12 @@ export class LlamaEngine implements ChatEngine {
       const pool = new SequencePool(sequences);
       const reasoning = settings.reasoning ?? 'auto';
       const reasons = reasoning === 'auto' ? template.features.reasoning : reasoning === 'on';
-      return new LlamaEngine(description, model, context, template, pool, new StepBarrier(settings.lockstepWaitMs), llama, reasons, prompts);
+      const cache = settings.promptCache;
+      const promptCache =
+        cache === undefined
+          ? undefined
+          : await PromptCache.open({ budgetBytes: cache.ramMb * 2 ** 20, minTokens: cache.minTokens ?? PROMPT_CACHE_MIN_TOKENS, log: settings.log ?? SILENT_LOG });
+      return new LlamaEngine(description, model, context, template, pool, new StepBarrier(settings.lockstepWaitMs), llama, reasons, prompts, promptCache);
     } catch (error) {
       await model.dispose();
       throw error;
@@ -206,10 +223,11 @@ export class LlamaEngine implements ChatEngine {
     const maxTokens = this.grantTokens(request, prompt.length);
     const grammars = await this.compileGrammars(request.grammars);
     const leases = await this.pool.acquire(prompt, signal, request.n);
-    return new LlamaRun(this.model, this.pool, this.barrier, leases, prompt, maxTokens, reasoning, grammars, request, signal);
+    return new LlamaRun(this.model, this.pool, this.barrier, leases, prompt, maxTokens, reasoning, grammars, request, signal, this.promptCache);
   }
 
   async close(): Promise<void> {
+    await this.promptCache?.close();
     await this.prompts.close();
     await this.context.dispose();
     await this.model.dispose();

@@ -14,6 +14,7 @@ import type { EngineEvent, EngineRun, ReasoningMode } from '../../core/engine.js
 import { EventQueue } from '../../core/event-queue.js';
 import { IncrementalDetokenizer } from './detokenizer.js';
 import { BUDGET_CLOSE, OutputSteering, type GrammarName } from './output-steering.js';
+import type { PromptCache } from './prompt-cache/prompt-cache.js';
 import type { Lease, SequencePool } from './sequence-pool.js';
 import type { StepBarrier, StepMember } from './step-barrier.js';
 
@@ -32,7 +33,8 @@ export type CompiledGrammars = Partial<Record<GrammarName, LlamaGrammar>>;
 
 export class LlamaRun implements EngineRun {
   readonly promptTokens: number;
-  readonly cachedTokens: number;
+  /** What the first choice's sequence reused: its own KV cache, or a state restored from the prompt cache. */
+  cachedTokens: number;
   private readonly started: boolean[];
 
   constructor(
@@ -46,6 +48,7 @@ export class LlamaRun implements EngineRun {
     private readonly grammars: CompiledGrammars,
     private readonly request: ChatRequest,
     private readonly signal: AbortSignal,
+    private readonly promptCache?: PromptCache,
   ) {
     this.promptTokens = prompt.length;
     // Choices share the prompt, so the cache counts once (the first choice's sequence).
@@ -87,7 +90,7 @@ export class LlamaRun implements EngineRun {
     let member: StepMember = this.barrier.join();
     try {
       this.signal.throwIfAborted();
-      const cached = this.reusable(lease);
+      const cached = await this.fromCache(lease, index);
       // The erase takes node-llama-cpp's context lock even when there is nothing to erase.
       if (cached < sequence.nextTokenIndex) await sequence.eraseContextTokenRanges([{ start: cached, end: sequence.nextTokenIndex }]);
       const detokenizer = new IncrementalDetokenizer(this.model);
@@ -197,6 +200,25 @@ export class LlamaRun implements EngineRun {
       member.leave(); // when it failed before generating (leaving twice is harmless)
       this.pool.release(sequence);
     }
+  }
+
+  /**
+   * Prompt tokens the sequence holds before its prefill: its own KV cache's share of the prompt, or — when the prompt
+   * cache has a state sharing enough more — that state, restored. A sequence whose tokens are about to be erased for
+   * a prompt that does not extend them is kept in the cache first (another conversation's next turn may want them).
+   */
+  private async fromCache(lease: Lease, index: number): Promise<number> {
+    let cached = this.reusable(lease);
+    const cache = this.promptCache;
+    if (cache === undefined) return cached;
+    const { sequence } = lease;
+    // Looked up first: the hit is pinned, so the save below cannot evict it.
+    const hit = cache.lookup(this.prompt, cached);
+    // Only what would be lost is worth a save: not a conversation's own answer tail cut before its next turn.
+    if (sequence.nextTokenIndex - cached >= cache.minTokens) await cache.keep(sequence);
+    if (hit !== undefined) cached = Math.min(await cache.restore(sequence, hit), this.prompt.length - 1);
+    if (index === 0) this.cachedTokens = cached;
+    return cached;
   }
 
   /** Prompt tokens a lease's KV cache already holds; at least the last one is evaluated again, as its logits start the generation. */

@@ -3,12 +3,12 @@
  * node-llama-cpp saves and loads a sequence's state only through a file — and found by the longest token prefix of
  * a new prompt (prefix-index.ts), least recently used first out under a byte budget.
  *
- * Not wired into the engine yet (docs/prompt-cache.md, "Design"): the pool will ask `lookup` next to its idle
- * sequences, and a sequence about to be erased for an unrelated prompt will be `keep`-ed first.
+ * The engine (llama-run.ts) looks up a prompt next to what its leased sequence holds, and keeps a sequence whose
+ * tokens are about to be erased for an unrelated prompt.
  */
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, rm, unlink } from 'node:fs/promises';
+import { mkdir, rm, stat, unlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { LlamaContextSequence, Token } from 'node-llama-cpp';
@@ -59,6 +59,10 @@ export class PromptCache {
     return new PromptCache(dir, options);
   }
 
+  get minTokens(): number {
+    return this.options.minTokens;
+  }
+
   get bytes(): number {
     return this.index.bytes;
   }
@@ -107,6 +111,9 @@ export class PromptCache {
   async restore(sequence: LlamaContextSequence, hit: CacheHit): Promise<number> {
     const { entry } = hit as HeldHit;
     try {
+      // llama.cpp aborts the process on a state file cut short inside its data, so the size is checked first.
+      const { size } = await stat(entry.value.path);
+      if (size !== entry.bytes) throw new Error(`the state file has ${size} bytes, not the ${entry.bytes} written`);
       await sequence.loadStateFromFile(entry.value.path, { acceptRisk: true });
       const loaded = sequence.contextTokens.length;
       if (loaded < hit.tokens) throw new Error(`the state holds ${loaded} tokens, not ${entry.tokens.length}`);
