@@ -18,6 +18,7 @@ import { ensureBenchModel, QWEN25_05B_SHAPE } from '../src/gguf/bench-model.js';
 import { startKiln } from '../test/helpers/kiln-process.js';
 import { ensureLocalNodeLlamaCppBuild, locateLlamaServer, startLlamaServer } from './llama-server.js';
 import { renderChart } from './chart.js';
+import { text } from './prompt-text.js';
 
 const REPO_ROOT = resolve(import.meta.dirname, '..');
 const { values: flags } = parseArgs({
@@ -61,16 +62,6 @@ interface RequestResult {
   tokens: number;
 }
 
-const WORDS = 'amber birch cedar delta ember fjord glacier harbor island juniper kestrel lantern meadow nectar orchard prairie quartz river summit tundra umber valley willow xenon yarrow zephyr'.split(' ');
-function text(words: number, salt: number): string {
-  let state = salt * 2654435761;
-  const out: string[] = [];
-  for (let i = 0; i < words; i++) {
-    state = (state * 1103515245 + 12345) >>> 0;
-    out.push(WORDS[state % WORDS.length]!);
-  }
-  return out.join(' ');
-}
 
 async function streamOnce(target: Target, messages: OpenAI.ChatCompletionMessageParam[], maxTokens: number, seed: number, signal?: AbortSignal): Promise<RequestResult & { content: string }> {
   const started = performance.now();

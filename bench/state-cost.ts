@@ -35,6 +35,7 @@ import { crc32 } from 'node:zlib';
 import { getLlama, LlamaLogLevel, type Llama, type LlamaContext, type LlamaContextSequence, type LlamaModel, type Token } from 'node-llama-cpp';
 import { ensureBenchModel, QWEN25_05B_SHAPE } from '../src/gguf/bench-model.js';
 import { ensureTinyModel } from '../src/gguf/tiny-model.js';
+import { text } from './prompt-text.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -88,16 +89,6 @@ const internals: Internals = {
   },
 };
 
-const WORDS = 'amber birch cedar delta ember fjord glacier harbor island juniper kestrel lantern meadow nectar orchard prairie quartz river summit tundra umber valley willow xenon yarrow zephyr'.split(' ');
-function text(words: number, salt: number): string {
-  let state = salt * 2654435761;
-  const out: string[] = [];
-  for (let i = 0; i < words; i++) {
-    state = (state * 1103515245 + 12345) >>> 0;
-    out.push(WORDS[state % WORDS.length]!);
-  }
-  return out.join(' ');
-}
 
 function tokensOf(model: LlamaModel, count: number, salt: number): Token[] {
   let words = count;
