@@ -5,7 +5,8 @@
  * caller is told nothing was restored; the budget evicts the least recently used state and deletes its file.
  */
 import assert from 'node:assert/strict';
-import { readdir, stat, truncate } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import type { LlamaContext, LlamaContextSequence, LlamaModel, Token } from 'node-llama-cpp';
@@ -153,4 +154,21 @@ test('a state that goes on past where the next prompt parts from it serves the s
   const restored = await greedy(sequences[1]!, turn2.slice(shared));
   await prefill(sequences[2]!, turn2.slice(0, shared));
   assert.deepEqual(restored, await greedy(sequences[2]!, turn2.slice(shared)));
+});
+
+test('directories of Kiln processes that are gone are removed when a cache opens; live ones stay', async () => {
+  const base = await mkdtemp(join(tmpdir(), 'kiln-cache-base-'));
+  // PIDs above the kernel's maximum (4,194,304) are never alive.
+  await mkdir(join(base, 'kiln-prompt-cache-9999999-abcd1234'));
+  await writeFile(join(base, 'kiln-prompt-cache-9999999-abcd1234', 'x.state'), 'state');
+  await mkdir(join(base, `kiln-prompt-cache-${process.ppid}-live0000`));
+  await mkdir(join(base, 'unrelated'));
+  const log = collectingLog();
+  const cache = await PromptCache.open({ dir: base, budgetBytes: 1024, minTokens: 32, log });
+  caches.push(cache);
+  const left = (await readdir(base)).sort();
+  assert.ok(!left.includes('kiln-prompt-cache-9999999-abcd1234'));
+  assert.ok(left.includes(`kiln-prompt-cache-${process.ppid}-live0000`) && left.includes('unrelated'));
+  assert.ok(log.entries.some((entry) => /a Kiln process that is gone/.test(entry.message)));
+  await rm(base, { recursive: true, force: true });
 });

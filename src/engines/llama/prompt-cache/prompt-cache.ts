@@ -8,7 +8,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, rm, stat, unlink } from 'node:fs/promises';
+import { mkdir, readdir, rm, stat, unlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { LlamaContextSequence, Token } from 'node-llama-cpp';
@@ -16,12 +16,38 @@ import type { Log } from '../../../core/log.js';
 import { PrefixIndex, type CachedPrefix, type PrefixLease } from './prefix-index.js';
 
 export interface PromptCacheOptions {
-  /** Where state files go; default a directory of its own under /dev/shm (RAM), else the system's temporary one. */
+  /** Where the cache makes its own directory of state files: default /dev/shm (RAM), else the temporary directory. */
   dir?: string;
   budgetBytes: number;
   /** Shorter prefixes are not worth a save and a restore: prefilling them costs less (measured, docs). */
   minTokens: number;
   log: Log;
+}
+
+const DIR_PREFIX = 'kiln-prompt-cache-';
+
+/**
+ * Directories a killed Kiln left behind: on /dev/shm they hold memory until the machine restarts. A directory is an
+ * orphan when the process named in it is gone.
+ */
+async function removeOrphans(base: string, log: Log): Promise<void> {
+  const names = await readdir(base).catch(() => [] as string[]);
+  for (const name of names) {
+    const pid = Number(/^kiln-prompt-cache-(\d+)-/.exec(name)?.[1]);
+    if (!Number.isInteger(pid) || pid === process.pid || processExists(pid)) continue;
+    await rm(join(base, name), { recursive: true, force: true });
+    log.info({ dir: name }, 'prompt cache: removed the states of a Kiln process that is gone');
+  }
+}
+
+function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    // EPERM: it exists, under another user.
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 interface StateFile {
@@ -54,7 +80,8 @@ export class PromptCache {
 
   static async open(options: PromptCacheOptions): Promise<PromptCache> {
     const base = options.dir ?? (existsSync('/dev/shm') ? '/dev/shm' : tmpdir());
-    const dir = join(base, `kiln-prompt-cache-${process.pid}-${randomUUID().slice(0, 8)}`);
+    await removeOrphans(base, options.log);
+    const dir = join(base, `${DIR_PREFIX}${process.pid}-${randomUUID().slice(0, 8)}`);
     await mkdir(dir, { recursive: true });
     return new PromptCache(dir, options);
   }
