@@ -9,19 +9,13 @@ import type { EngineDescription, EngineRun } from '../core/engine.js';
 import { mergeIterators } from '../core/merge-iterators.js';
 import { normalizeChatRequest } from '../core/normalize-request.js';
 import type { RequestLimits } from '../core/request-limits.js';
-import { ChoicePostProcessor, type ChoiceDelta, type ChoiceUpdate } from '../core/postprocess/choice-processor.js';
+import { ChoicePostProcessor, type ChoiceUpdate } from '../core/postprocess/choice-processor.js';
 import { KilnError } from '../errors/catalog.js';
-import type {
-  ChatCompletionChunkWire,
-  ChatCompletionWire,
-  ChunkDeltaWire,
-  ModelListWire,
-  ToolCallWire,
-  UsageWire,
-} from '../protocol/response.js';
+import type { ChatCompletionChunkWire, ChatCompletionWire, ModelListWire } from '../protocol/response.js';
 import { SILENT_LOG, type Log } from '../core/log.js';
 import { modelAllowed, type Caller } from './caller.js';
 import { CompletionTally, type CompletionRecord } from './completion-record.js';
+import { deltaWire, MessageBuilder, usage } from './response-parts.js';
 import { estimatePromptTokens, type RequestGate } from './request-gate.js';
 import type { ModelRegistry } from './model-registry.js';
 
@@ -257,53 +251,4 @@ async function* choiceUpdates(request: ChatRequest, run: EngineRun, index: numbe
       yield update;
     }
   }
-}
-
-function deltaWire(delta: ChoiceDelta): ChunkDeltaWire {
-  if (delta.reasoningContent !== undefined) return { reasoning_content: delta.reasoningContent };
-  if (delta.toolCall !== undefined) {
-    const { index, id, name, arguments: args } = delta.toolCall;
-    const call = id === undefined ? { index, function: { arguments: args } } : { index, id, type: 'function' as const, function: { name: name!, arguments: args } };
-    return { tool_calls: [call] };
-  }
-  return { content: delta.content ?? '' };
-}
-
-/** A whole message from the same deltas a stream would carry. */
-class MessageBuilder {
-  private content = '';
-  private reasoning = '';
-  private readonly toolCalls: ToolCallWire[] = [];
-
-  add(delta: ChoiceDelta): void {
-    if (delta.content !== undefined) this.content += delta.content;
-    if (delta.reasoningContent !== undefined) this.reasoning += delta.reasoningContent;
-    const call = delta.toolCall;
-    if (call === undefined) return;
-    if (call.id !== undefined) this.toolCalls[call.index] = { id: call.id, type: 'function', function: { name: call.name!, arguments: '' } };
-    this.toolCalls[call.index]!.function.arguments += call.arguments;
-  }
-
-  build(): ChatCompletionWire['choices'][number]['message'] {
-    const calls = this.toolCalls.length > 0;
-    return {
-      role: 'assistant',
-      // OpenAI: content is null when the message is only tool calls.
-      content: calls && this.content === '' ? null : this.content,
-      ...(this.reasoning !== '' ? { reasoning_content: this.reasoning } : {}),
-      ...(calls ? { tool_calls: this.toolCalls } : {}),
-    };
-  }
-}
-
-function usage(run: EngineRun, finishes: ReadonlyArray<{ completionTokens: number; reasoningTokens: number }>): UsageWire {
-  const completionTokens = finishes.reduce((sum, finish) => sum + finish.completionTokens, 0);
-  const reasoningTokens = finishes.reduce((sum, finish) => sum + finish.reasoningTokens, 0);
-  return {
-    prompt_tokens: run.promptTokens,
-    completion_tokens: completionTokens,
-    total_tokens: run.promptTokens + completionTokens,
-    prompt_tokens_details: { cached_tokens: run.cachedTokens },
-    completion_tokens_details: { reasoning_tokens: reasoningTokens },
-  };
 }
