@@ -38,8 +38,6 @@ const options = {
   'quota-period': { type: 'string' },
   all: { type: 'boolean' },
   json: { type: 'boolean' },
-  // Read by main.ts to open the store; accepted here so it may stay in the arguments.
-  config: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -92,7 +90,7 @@ function requireTarget(subcommand: string, target: string | undefined): string {
 
 function onlyFlags(flags: Flags, allowed: (keyof Flags)[], subcommand: string): void {
   for (const flag of Object.keys(flags) as (keyof Flags)[]) {
-    if (flag !== 'config' && !allowed.includes(flag)) throw new UsageError(`--${flag} does not apply to ${subcommand}`);
+    if (!allowed.includes(flag)) throw new UsageError(`--${flag} does not apply to ${subcommand}`);
   }
 }
 

@@ -101,7 +101,8 @@ export async function serve(flags: Flags, configOverride?: FileConfig): Promise<
 
   const startedAt = performance.now();
   const logger = createLogger(flags['log-level'] !== undefined ? { logLevel: flags['log-level'] } : {});
-  const store = await openStore(storeOptionsFrom(config)).catch((error: Error) => {
+  // `kiln demo` (the only caller with a config of its own) keeps to its temporary data_dir, whatever DATABASE_URL says.
+  const store = await openStore(storeOptionsFrom(config, configOverride !== undefined ? {} : process.env)).catch((error: Error) => {
     throw new ConfigError(error.message);
   });
   const modelLimits = new Map<string, RateLimitsConfig>();

@@ -19,8 +19,6 @@ const options = {
   to: { type: 'string' },
   'group-by': { type: 'string' },
   json: { type: 'boolean' },
-  // Read by main.ts to open the store; accepted here so it may stay in the arguments.
-  config: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 

@@ -55,8 +55,10 @@ export function registerChatRoute(app: FastifyInstance, options: ChatRouteOption
       // Whatever the engine made of the abort, the client hears why the request ended.
       throw reason instanceof KilnError ? reason : error;
     }
-    reply.headers(result.headers);
-    if (result.kind === 'json') return result.body;
+    if (result.kind === 'json') {
+      reply.headers(result.headers);
+      return result.body;
+    }
 
     reply.hijack();
     await writeEventStream(

@@ -12,7 +12,7 @@ export interface ServerLifecycle {
   /** Chat requests being served (their abort controllers). */
   readonly inFlight: Set<AbortController>;
   /** Open connections → their requests not yet answered, and the bytes read when the last one was. */
-  readonly connections: Map<Socket, { active: number; readWhenIdle: number | undefined }>;
+  readonly connections: Map<Socket, { active: number; readWhenIdle: number }>;
 }
 
 const lifecycles = new WeakMap<FastifyInstance, ServerLifecycle>();

@@ -11,6 +11,7 @@ import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import { formatBytes, silentProgress, type ProgressReporter } from './progress.js';
+import { processAlive } from '../core/process-alive.js';
 
 export interface RemoteFile {
   url: string;
@@ -119,15 +120,6 @@ export async function downloadVerified(remote: RemoteFile, dest: string, options
   }
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /**
  * One download of a file at a time (two writers on one .partial would interleave their bytes): `<dest>.lock` holds
  * the pid of the process downloading it; a lock whose process is gone is taken over.
@@ -149,7 +141,7 @@ async function lockDownload(dest: string): Promise<() => Promise<void>> {
         throw error;
       }
       const pid = Number((await readFile(lock, 'utf8').catch(() => '')).trim());
-      if (Number.isInteger(pid) && pid > 0 && isAlive(pid)) {
+      if (Number.isInteger(pid) && pid > 0 && processAlive(pid)) {
         throw new DownloadError(`another pull (process ${pid}) is downloading ${dest}: wait for it to finish, or remove ${lock} if that process is not kiln`, true);
       }
       await rm(lock, { force: true });

@@ -2,6 +2,7 @@
  * Who is asking and what their key allows: resolved by the HTTP layer from the Authorization header (tenancy/),
  * enforced here in the service, the same for every engine.
  */
+import { isProModel } from '../core/chat-request.js';
 
 export type Tier = 'free' | 'pro';
 export type QuotaPeriod = 'day' | 'month';
@@ -30,6 +31,11 @@ export interface Caller {
 
 /** The caller on a server without keys (loopback, or started with --insecure-no-auth): everything is allowed. */
 export const ANONYMOUS: Caller = Object.freeze({ id: 'anonymous', name: 'anonymous', pro: true, admin: true });
+
+/** Whether the caller's key may use `model`: its tier (`Pro/` ids) and its globs. */
+export function callerMay(caller: Caller, model: string): boolean {
+  return (caller.pro || !isProModel(model)) && modelAllowed(caller, model);
+}
 
 /** Whether `model` matches one of the globs (`*` matches any run of characters, including `/`). */
 export function modelAllowed(caller: Caller, model: string): boolean {

@@ -13,7 +13,8 @@ import { ChoicePostProcessor, type ChoiceUpdate } from '../core/postprocess/choi
 import { KilnError } from '../errors/catalog.js';
 import type { ChatCompletionChunkWire, ChatCompletionWire, ModelListWire } from '../protocol/response.js';
 import { SILENT_LOG, type Log } from '../core/log.js';
-import { modelAllowed, type Caller } from './caller.js';
+import { callerMay, modelAllowed, type Caller } from './caller.js';
+import type { Permit } from './admission.js';
 import { CompletionTally, type CompletionRecord } from './completion-record.js';
 import { deltaWire, MessageBuilder, usage } from './response-parts.js';
 import { estimatePromptTokens, type RequestGate } from './request-gate.js';
@@ -62,7 +63,7 @@ export class ChatService {
   async listModels(caller?: Caller): Promise<ModelListWire> {
     const list = await this.registry.list();
     if (caller === undefined) return list;
-    return { ...list, data: list.data.filter((model) => (caller.pro || !isProModel(model.id)) && modelAllowed(caller, model.id)) };
+    return { ...list, data: list.data.filter((model) => callerMay(caller, model.id)) };
   }
 
   async create(body: unknown, context: RequestContext): Promise<ChatResult> {
@@ -85,27 +86,24 @@ export class ChatService {
       request.model,
       arrivedAt,
     );
-    let permit;
+    let permit: Permit | undefined;
     let run: EngineRun;
     try {
       permit = await served.admission.acquire(request.n, signal, isProModel(request.model) ? 1 : 0);
       tally.queueMs = performance.now() - arrivedAt;
-      try {
-        run = await served.engine.start(request, signal);
-      } catch (error) {
-        permit.release();
-        throw error;
-      }
+      run = await served.engine.start(request, signal);
     } catch (error) {
+      permit?.release();
       pass?.settle(0);
       throw error;
     }
+    const held = permit;
     context.onEngineRun?.();
     // The permit is held until the run's resources are released: every choice ended and the run disposed. Then the
     // request's usage is final, whatever cut it short.
     const ended = (error?: unknown): void => {
       run.dispose();
-      permit.release();
+      held.release();
       if (error !== undefined) tally.status = signal.aborted && !(signal.reason instanceof KilnError) ? 'cancelled' : 'failed';
       const record = tally.record(run, request.n);
       pass?.settle(record.promptTokens + record.completionTokens);

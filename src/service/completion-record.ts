@@ -38,13 +38,7 @@ export interface CompletionRecord {
 }
 
 /** Who asked, as the record carries it. */
-export interface RecordContext {
-  requestId?: string;
-  keyId: string;
-  keyName: string;
-  user?: string;
-  metered?: boolean;
-}
+export type RecordContext = Pick<CompletionRecord, 'requestId' | 'keyId' | 'keyName' | 'user' | 'metered'>;
 
 /** Counts one request's choices as they are post-processed. */
 export class CompletionTally {

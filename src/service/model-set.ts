@@ -72,7 +72,8 @@ export class ModelSet {
         next.set(plan.key, record);
       }
     } catch (error) {
-      await Promise.allSettled(made.map((record) => this.closeRecord(record, new Set())));
+      // Engines the running models share with what was built stay open.
+      await Promise.allSettled(made.map((record) => this.closeRecord(record)));
       throw error;
     }
 
@@ -110,7 +111,7 @@ export class ModelSet {
 
   async close(): Promise<void> {
     await Promise.allSettled([...this.retiring]);
-    await Promise.allSettled([...this.records.values()].map((record) => this.closeRecord(record, new Set())));
+    await Promise.allSettled([...this.records.values()].map((record) => this.closeRecord(record, { all: true })));
   }
 
   private build(plan: ModelPlan): ServedRecord {
@@ -140,21 +141,26 @@ export class ModelSet {
     const done = (async () => {
       const { admission } = record.served;
       while (admission.runningUnits > 0 || admission.waiting > 0) await new Promise((resolve) => setTimeout(resolve, RETIRE_POLL_MS));
-      const inUse = new Set([...this.records.values()].flatMap((kept) => kept.locals));
-      await this.closeRecord(record, inUse);
+      await this.closeRecord(record);
       this.log.info({ engine: record.served.engine.description.name }, 'retired model closed');
     })();
     this.retiring.add(done);
     void done.finally(() => this.retiring.delete(done));
   }
 
-  private async closeRecord(record: ServedRecord, inUse: ReadonlySet<ManagedEngine>): Promise<void> {
-    await record.router?.close();
-    await Promise.allSettled(record.upstreams.map((engine) => engine.close()));
+  /**
+   * Closes a record's router, upstreams and the local engines no served model still uses (unless `all`). The unused
+   * engines leave the shared map before anything is awaited, so a reload meanwhile cannot pick one up as it closes.
+   */
+  private async closeRecord(record: ServedRecord, options: { all?: boolean } = {}): Promise<void> {
+    const inUse = options.all ? new Set<ManagedEngine>() : new Set([...this.records.values()].flatMap((kept) => kept.locals));
     const unused = record.locals.filter((engine) => !inUse.has(engine));
     for (const engine of unused) {
       for (const [key, value] of this.context.llamaEngines) if (value === engine) this.context.llamaEngines.delete(key);
     }
+    await record.router?.close();
+    await Promise.allSettled(record.upstreams.map((engine) => engine.close()));
     await Promise.allSettled(unused.map((engine) => engine.close()));
   }
+
 }

@@ -9,7 +9,7 @@ import type { StoreTables, UsageTable, UsageTotalsTable } from './database.js';
 export type UsageStatus = 'completed' | 'cancelled' | 'failed';
 
 export interface UsageRow {
-  /** When the request started, milliseconds since the epoch. */
+  /** When the request's work ended (the ledger records it then), milliseconds since the epoch. */
   ts: number;
   requestId: string;
   keyId: string;

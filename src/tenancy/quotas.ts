@@ -7,6 +7,7 @@
  */
 import { KilnError } from '../errors/catalog.js';
 import type { Caller, QuotaPeriod } from '../service/caller.js';
+import { periodKey } from '../store/usage.js';
 
 export interface QuotaTotals {
   periodTokens(keyId: string, period: QuotaPeriod, at: Date): Promise<number>;
@@ -30,6 +31,8 @@ interface Cached {
 export class Quotas {
   private readonly cache = new Map<string, Cached>();
   private readonly reading = new Map<string, Promise<number>>();
+  /** Ledger writes per key: a read that started before one would cache a total without that write's tokens. */
+  private readonly writes = new Map<string, number>();
 
   constructor(
     private readonly totals: QuotaTotals,
@@ -49,27 +52,26 @@ export class Quotas {
 
   /** The store changed these keys' totals: read them again on their next request. */
   invalidate(keyIds: Iterable<string>): void {
-    for (const id of keyIds) this.cache.delete(id);
+    for (const id of keyIds) {
+      this.cache.delete(id);
+      this.writes.set(id, (this.writes.get(id) ?? 0) + 1);
+    }
   }
 
   private async stored(keyId: string, period: QuotaPeriod): Promise<number> {
     const now = this.options.now?.() ?? Date.now();
-    const label = periodLabel(period, now);
+    const label = periodKey(period, now);
     const cached = this.cache.get(keyId);
     if (cached !== undefined && cached.period === label && now - cached.readAt < (this.options.refreshMs ?? QUOTA_REFRESH_MS)) return cached.tokens;
     // Concurrent requests of one key share one read.
+    const writes = this.writes.get(keyId);
     let read = this.reading.get(keyId);
     if (read === undefined) {
       read = this.totals.periodTokens(keyId, period, new Date(now)).finally(() => this.reading.delete(keyId));
       this.reading.set(keyId, read);
     }
     const tokens = await read;
-    this.cache.set(keyId, { period: label, tokens, readAt: now });
+    if (this.writes.get(keyId) === writes) this.cache.set(keyId, { period: label, tokens, readAt: now });
     return tokens;
   }
-}
-
-function periodLabel(period: QuotaPeriod, now: number): string {
-  const iso = new Date(now).toISOString();
-  return period === 'day' ? iso.slice(0, 10) : iso.slice(0, 7);
 }

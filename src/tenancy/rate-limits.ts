@@ -12,6 +12,7 @@
  */
 import { RateLimiterMemory, RateLimiterRedis, type IRateLimiterOptions, type RateLimiterAbstract, type RateLimiterRes } from 'rate-limiter-flexible';
 import type { Log } from '../core/log.js';
+import type { GatePass } from '../service/request-gate.js';
 import { KilnError } from '../errors/catalog.js';
 import { formatResetDuration, rateLimitHeaders, tighter, type LimitState } from './ratelimit-headers.js';
 import { RedisConnection } from './redis-connection.js';
@@ -40,18 +41,12 @@ export interface RateSubject {
   model?: { id: string; rpm?: number; tpm?: number };
 }
 
-export interface Reservation {
-  /**
-   * OpenAI's x-ratelimit-* headers for the response: for each of requests and tokens that has a limit, the tighter of
-   * the key's and the key+model's (the one with less remaining). Empty when the subject has no limits.
-   */
-  readonly headers: Readonly<Record<string, string>>;
-  /**
-   * At the end of the request: the real token use replaces the reservation (the difference is given back, or the
-   * excess taken). The first call counts, later ones are ignored; never throws (store errors are logged).
-   */
-  settle(usedTokens: number): void;
-}
+/**
+ * The service's gate pass: OpenAI's x-ratelimit-* headers (for each of requests and tokens that has a limit, the
+ * tighter of the key's and the key+model's; empty without limits), and `settle`, which replaces the reservation with
+ * the real use (the first call counts; never throws: store errors are logged).
+ */
+export type Reservation = GatePass;
 
 const WINDOW_SECONDS = 60;
 /**
@@ -82,7 +77,8 @@ interface Check {
   windowEnd: number;
 }
 
-const UNLIMITED: Reservation = Object.freeze({ headers: Object.freeze({}), settle() {} });
+/** The pass of a request no limit applies to. */
+export const UNLIMITED: Reservation = Object.freeze({ headers: Object.freeze({}), settle() {} });
 
 export class RateLimits {
   private readonly pending = new Set<Promise<void>>();

@@ -5,7 +5,7 @@
 import type { RateLimitsConfig } from '../config/config.js';
 import type { GatePass, GateRequest, RequestGate } from '../service/request-gate.js';
 import type { Quotas } from './quotas.js';
-import type { RateLimits } from './rate-limits.js';
+import { UNLIMITED, type RateLimits } from './rate-limits.js';
 
 export interface TenancyGateOptions {
   rateLimits: RateLimits;
@@ -13,8 +13,6 @@ export interface TenancyGateOptions {
   /** Per-key limits on one model id (config `models[].rate_limits`). */
   modelLimits?: (model: string) => RateLimitsConfig | undefined;
 }
-
-const UNLIMITED: GatePass = Object.freeze({ headers: Object.freeze({}), settle() {} });
 
 export class TenancyGate implements RequestGate {
   constructor(private readonly options: TenancyGateOptions) {}

@@ -32,7 +32,6 @@ export interface TenancyOptions {
 export interface Tenancy {
   auth: KeyResolver;
   gate: TenancyGate;
-  ledger: UsageLedger;
   /** The completion hook: every request that reached an engine, however it ended. */
   record(record: CompletionRecord): void;
   /** GET /v1/usage: the ledger written first, then summarised. */
@@ -52,7 +51,8 @@ export async function openTenancy(options: TenancyOptions): Promise<Tenancy> {
   const ledger = new UsageLedger(store.usage, {
     ...(options.usageFlushMs !== undefined ? { flushMs: options.usageFlushMs } : {}),
     log,
-    onWritten: (rows) => quotas?.invalidate(new Set(rows.map((row) => row.keyId))),
+    // Only rows of keys with a quota change the totals a quota reads.
+    onWritten: (rows) => quotas?.invalidate(new Set(rows.filter((row) => row.metered === true).map((row) => row.keyId))),
   });
   quotas = new Quotas(store.usage, { unwritten: (keyId) => ledger.unwrittenTokens(keyId) });
   const auth = new KeyResolver({
@@ -65,7 +65,6 @@ export async function openTenancy(options: TenancyOptions): Promise<Tenancy> {
   return {
     auth,
     gate,
-    ledger,
     record: (record) => ledger.record(record),
     usage: { summarise: (query) => store.usage.summarise(query), flush: () => ledger.flush() },
     async close() {

@@ -23,6 +23,7 @@ import { SILENT_LOG, type Log } from '../../core/log.js';
 import type { RequestGrammars } from '../../core/grammar/request-grammar.js';
 import { KilnError } from '../../errors/catalog.js';
 import { ChatTemplate, TemplateError } from './chat-template.js';
+import { GGUF_MAGIC } from '../../gguf/format.js';
 import { PromptCache } from './prompt-cache/prompt-cache.js';
 import { PromptTokenizer } from './prompt-tokens.js';
 import { LlamaRun, type CompiledGrammars } from './llama-run.js';
@@ -62,7 +63,7 @@ export interface LlamaEngineSettings {
    */
   lockstepWaitMs?: number;
   /** Sequence states kept in host memory beyond the sequences (prompt-cache/); absent: none. */
-  promptCache?: { ramMb: number; minTokens?: number };
+  promptCache?: { ramMb: number };
   log?: Log;
 }
 
@@ -89,7 +90,6 @@ function gpuLayersOption(settings: LlamaEngineSettings): LlamaModelOptions['gpuL
  * A cheap look at the file's first bytes before handing it to llama.cpp, whose errors for a file that is not a GGUF
  * at all say nothing useful ("Cannot read properties of undefined").
  */
-const GGUF_MAGIC = 0x46554747; // "GGUF", little-endian
 
 async function checkGgufFile(file: string): Promise<void> {
   const handle = await open(file, 'r');
@@ -201,7 +201,7 @@ export class LlamaEngine implements ChatEngine {
       const promptCache =
         cache === undefined
           ? undefined
-          : await PromptCache.open({ budgetBytes: cache.ramMb * 2 ** 20, minTokens: cache.minTokens ?? PROMPT_CACHE_MIN_TOKENS, log: settings.log ?? SILENT_LOG });
+          : await PromptCache.open({ budgetBytes: cache.ramMb * 2 ** 20, minTokens: PROMPT_CACHE_MIN_TOKENS, log: settings.log ?? SILENT_LOG });
       return new LlamaEngine(description, model, context, template, pool, new StepBarrier(settings.lockstepWaitMs), llama, reasons, prompts, promptCache);
     } catch (error) {
       await model.dispose();

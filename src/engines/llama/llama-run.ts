@@ -91,6 +91,9 @@ export class LlamaRun implements EngineRun {
     try {
       this.signal.throwIfAborted();
       const cached = await this.fromCache(lease, index);
+      // A save or restore holds the context a while: a client gone meanwhile frees its sequence here.
+      this.signal.throwIfAborted();
+      if (queue.closed) return;
       // The erase takes node-llama-cpp's context lock even when there is nothing to erase.
       if (cached < sequence.nextTokenIndex) await sequence.eraseContextTokenRanges([{ start: cached, end: sequence.nextTokenIndex }]);
       const detokenizer = new IncrementalDetokenizer(this.model);

@@ -13,7 +13,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { LlamaContextSequence, Token } from 'node-llama-cpp';
 import type { Log } from '../../../core/log.js';
-import { PrefixIndex, type CachedPrefix, type PrefixLease } from './prefix-index.js';
+import { processAlive } from '../../../core/process-alive.js';
+import { PrefixIndex, type CachedPrefix } from './prefix-index.js';
 
 export interface PromptCacheOptions {
   /** Where the cache makes its own directory of state files: default /dev/shm (RAM), else the temporary directory. */
@@ -25,6 +26,7 @@ export interface PromptCacheOptions {
 }
 
 const DIR_PREFIX = 'kiln-prompt-cache-';
+const orphanSweeps = new Map<string, Promise<void>>();
 
 /**
  * Directories a killed Kiln left behind: on /dev/shm they hold memory until the machine restarts. A directory is an
@@ -34,24 +36,10 @@ async function removeOrphans(base: string, log: Log): Promise<void> {
   const names = await readdir(base).catch(() => [] as string[]);
   for (const name of names) {
     const pid = Number(/^kiln-prompt-cache-(\d+)-/.exec(name)?.[1]);
-    if (!Number.isInteger(pid) || pid === process.pid || processExists(pid)) continue;
+    if (!Number.isInteger(pid) || pid === process.pid || processAlive(pid)) continue;
     await rm(join(base, name), { recursive: true, force: true });
     log.info({ dir: name }, 'prompt cache: removed the states of a Kiln process that is gone');
   }
-}
-
-function processExists(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    // EPERM: it exists, under another user.
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-interface StateFile {
-  path: string;
 }
 
 /** A cached prefix found for a prompt, held (not evictable) until restored or released. */
@@ -61,26 +49,28 @@ export interface CacheHit {
 }
 
 interface HeldHit extends CacheHit {
-  entry: CachedPrefix<StateFile>;
-  lease: PrefixLease;
+  entry: CachedPrefix<string>;
 }
 
 export class PromptCache {
-  private readonly index: PrefixIndex<StateFile>;
+  private readonly index: PrefixIndex<string>;
 
   private constructor(
     private readonly dir: string,
     private readonly options: PromptCacheOptions,
   ) {
-    this.index = new PrefixIndex<StateFile>({
+    this.index = new PrefixIndex<string>({
       budgetBytes: options.budgetBytes,
-      onEvict: (entry) => void unlink(entry.value.path).catch(() => undefined),
+      onEvict: (entry) => void unlink(entry.value).catch(() => undefined),
     });
   }
 
   static async open(options: PromptCacheOptions): Promise<PromptCache> {
     const base = options.dir ?? (existsSync('/dev/shm') ? '/dev/shm' : tmpdir());
-    await removeOrphans(base, options.log);
+    // Once per directory and process: every model load opens a cache.
+    let sweep = orphanSweeps.get(base);
+    if (sweep === undefined) orphanSweeps.set(base, (sweep = removeOrphans(base, options.log)));
+    await sweep;
     const dir = join(base, `${DIR_PREFIX}${process.pid}-${randomUUID().slice(0, 8)}`);
     await mkdir(dir, { recursive: true });
     return new PromptCache(dir, options);
@@ -109,7 +99,7 @@ export class PromptCache {
     const path = join(this.dir, `${randomUUID()}.state`);
     try {
       const { fileSize } = await sequence.saveStateToFile(path);
-      if (this.index.insert(tokens, { path }, fileSize) !== undefined) return true;
+      if (this.index.insert(tokens, path, fileSize) !== undefined) return true;
     } catch (error) {
       this.options.log.warn({ err: (error as Error).message, tokens: tokens.length }, 'prompt cache: a state could not be saved');
     }
@@ -126,7 +116,7 @@ export class PromptCache {
     const match = this.index.longestShared(prompt, alreadyShared + this.options.minTokens);
     if (match === undefined) return undefined;
     const lease = this.index.pin(match.entry);
-    const hit: HeldHit = { tokens: match.length, entry: match.entry, lease, release: () => lease.release() };
+    const hit: HeldHit = { tokens: match.length, entry: match.entry, release: () => lease.release() };
     return hit;
   }
 
@@ -139,11 +129,11 @@ export class PromptCache {
     const { entry } = hit as HeldHit;
     try {
       // llama.cpp aborts the process on a state file cut short inside its data, so the size is checked first.
-      const { size } = await stat(entry.value.path);
+      const { size } = await stat(entry.value);
       if (size !== entry.bytes) throw new Error(`the state file has ${size} bytes, not the ${entry.bytes} written`);
-      await sequence.loadStateFromFile(entry.value.path, { acceptRisk: true });
-      const loaded = sequence.contextTokens.length;
-      if (loaded < hit.tokens) throw new Error(`the state holds ${loaded} tokens, not ${entry.tokens.length}`);
+      await sequence.loadStateFromFile(entry.value, { acceptRisk: true });
+      const loaded = sequence.nextTokenIndex;
+      if (loaded < hit.tokens) throw new Error(`the state holds ${loaded} tokens, fewer than the ${hit.tokens} matched`);
       if (loaded > hit.tokens) await sequence.eraseContextTokenRanges([{ start: hit.tokens, end: loaded }]);
       return hit.tokens;
     } catch (error) {
