@@ -138,6 +138,7 @@ export async function serve(flags: Flags, configOverride?: FileConfig): Promise<
     ...(server.limits !== undefined ? { limits: server.limits } : {}),
     ...(server.upstream !== undefined ? { upstream: server.upstream } : {}),
     ...(server.keep_alive !== undefined ? { keepAlive: server.keep_alive } : {}),
+    ...(server.prompt_cache !== undefined ? { promptCache: server.prompt_cache } : {}),
     ...(server.memory_budget_mb !== undefined ? { memoryBudgetMb: server.memory_budget_mb } : {}),
     ...(server.vram_budget_mb !== undefined ? { vramBudgetMb: server.vram_budget_mb } : {}),
     ...(config.models_dir !== undefined ? { modelsDir: config.models_dir } : {}),

@@ -89,6 +89,19 @@ const upstreamPolicySchema = z.strictObject({
   health_check_interval_ms: z.int().min(0).optional(),
 });
 
+/**
+ * Sequence states (tokens + KV) kept beyond the `parallel` sequences, so that a conversation's next turn or a shared
+ * system prompt starts from its cached prefix instead of being prefilled again (docs/prompt-cache.md).
+ */
+const promptCacheSchema = z.strictObject({
+  /** Host memory for states, in MiB; 0 turns the cache off (default: 8 GiB like llama-server, at most half the free RAM-backed space). */
+  ram_mb: z.int().min(0).optional(),
+  /** A directory where states evicted from memory spill and survive restarts; unset: no disk tier. */
+  disk_dir: z.string().min(1).optional(),
+  /** Disk the tier may fill, in MiB (default 10240). */
+  disk_mb: z.int().min(1).optional(),
+});
+
 const modelSchema = z.strictObject({
   id: z.string().min(1),
   /**
@@ -142,11 +155,8 @@ const modelSchema = z.strictObject({
   owned_by: z.string().optional(),
   /** Per key on this id: each key's requests and tokens per minute here, on top of the key's own limits. */
   rate_limits: rateLimitsSchema.optional(),
-  /**
-   * Work in progress (issue 13): sequence states kept in host memory (a RAM-backed directory) beyond the `parallel`
-   * sequences, so a conversation's next turn starts from its cached prefix; off unless set.
-   */
-  prompt_cache: z.strictObject({ ram_mb: z.int().min(1) }).optional(),
+  /** Overrides server.prompt_cache for this model, field by field. */
+  prompt_cache: promptCacheSchema.optional(),
 });
 
 const configSchema = z.strictObject({
@@ -185,6 +195,8 @@ const configSchema = z.strictObject({
        * a load, idle models are unloaded least recently used first to make room; a model that still cannot fit gets 503.
        */
       memory_budget_mb: z.int().min(1).optional(),
+      /** The prompt cache of every local model (each may override it): see promptCacheSchema. */
+      prompt_cache: promptCacheSchema.optional(),
       /** GPU memory local models may take together, in MiB (default: 80% of the VRAM free at the first load). */
       vram_budget_mb: z.int().min(1).optional(),
       /** Idle time before a local model unloads, for models that set none (default 5 minutes, like Ollama). */
@@ -233,6 +245,7 @@ export type KeepAliveConfig = z.infer<typeof keepAliveSchema>;
 export type UpstreamPolicyConfig = z.infer<typeof upstreamPolicySchema>;
 export type RateLimitsConfig = z.infer<typeof rateLimitsSchema>;
 export type ConfigKey = z.infer<typeof configKeySchema>;
+export type PromptCacheConfig = z.infer<typeof promptCacheSchema>;
 export type LimitsConfig = NonNullable<NonNullable<z.infer<typeof configSchema>['server']>['limits']>;
 export type FileConfig = z.infer<typeof configSchema>;
 
@@ -272,6 +285,9 @@ export function validateConfig(document: unknown, baseDir: string, source: strin
     if (model.file !== undefined) model.file = resolve(baseDir, model.file);
   });
   if (config.models_dir !== undefined) config.models_dir = resolve(baseDir, config.models_dir);
+  for (const cache of [config.server?.prompt_cache, ...config.models.map((model) => model.prompt_cache)]) {
+    if (cache?.disk_dir !== undefined) cache.disk_dir = resolve(baseDir, cache.disk_dir);
+  }
   return config;
 }
 

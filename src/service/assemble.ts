@@ -4,7 +4,7 @@
  * admission queue per distinct list of deployments (so that `X` and `Pro/X` share it, and `Pro/` goes first).
  */
 import { freemem } from 'node:os';
-import { ConfigError, keepAliveMs, type KeepAliveConfig, type LimitsConfig, type ModelConfig, type UpstreamPolicyConfig } from '../config/config.js';
+import { ConfigError, keepAliveMs, type KeepAliveConfig, type LimitsConfig, type ModelConfig, type PromptCacheConfig, type UpstreamPolicyConfig } from '../config/config.js';
 import { SILENT_LOG, type Log } from '../core/log.js';
 import { LlamaEngine, type LlamaEngineSettings } from '../engines/llama/llama-engine.js';
 import { configureRuntime, type GpuSetting } from '../engines/llama/runtime.js';
@@ -34,7 +34,7 @@ export const MODEL_DEFAULTS = {
 } as const;
 
 /** Settings that belong to the loaded file, not the id: ids sharing a file must agree on them. */
-const ENGINE_FIELDS = ['parallel', 'context_size', 'threads', 'batch_size', 'queue_depth', 'queue_wait_ms', 'reasoning', 'flash_attention', 'load', 'keep_alive', 'preload', 'gpu_layers'] as const;
+const ENGINE_FIELDS = ['parallel', 'context_size', 'threads', 'batch_size', 'queue_depth', 'queue_wait_ms', 'reasoning', 'flash_attention', 'load', 'keep_alive', 'preload', 'gpu_layers', 'prompt_cache'] as const;
 
 export interface Kiln {
   service: ChatService;
@@ -59,6 +59,8 @@ export interface AssembleOptions {
   modelsDir?: string;
   /** Server-wide keep_alive for local models that set none. */
   keepAlive?: KeepAliveConfig;
+  /** Server-wide prompt cache settings; a model's own override them field by field. */
+  promptCache?: PromptCacheConfig;
   /** llama.cpp's backend (default auto: a GPU when one is found); the runtime logs its choice at the first load. */
   gpu?: GpuSetting;
   log?: Log;
@@ -125,7 +127,7 @@ function planModels(configured: ModelConfig[], options: AssembleOptions): { plan
   const enabled = configured.filter((model) => model.enabled !== false).map((model) => ({ ...model, file: modelFilePath(model, modelsDir) }));
   checkSharedFiles(enabled);
   const plans = enabled.map((model) => {
-    const specs = deploymentSpecs(model, options.keepAlive, modelsDir);
+    const specs = deploymentSpecs(model, options, modelsDir);
     const queue = { depth: model.queue_depth ?? MODEL_DEFAULTS.queueDepth, waitMs: model.queue_wait_ms ?? MODEL_DEFAULTS.queueWaitMs };
     // Ids share a served model only when everything it is built from agrees (routing and queue settings too).
     return { model, specs, queue, key: JSON.stringify([specs, model.prefix_affinity, queue]) };
@@ -144,7 +146,8 @@ function checkSharedFiles(models: ModelConfig[]): void {
       continue;
     }
     for (const field of ENGINE_FIELDS) {
-      if (model[field] !== undefined && model[field] !== first[field]) {
+      const differs = (a: unknown, b: unknown) => (typeof a === 'object' ? JSON.stringify(a) !== JSON.stringify(b) : a !== b);
+      if (model[field] !== undefined && differs(model[field], first[field])) {
         throw new ConfigError(`model '${model.id}': '${field}' differs from model '${first.id}', which loads the same file`);
       }
     }
@@ -152,17 +155,17 @@ function checkSharedFiles(models: ModelConfig[]): void {
 }
 
 /** A model's deployments in config order: its local file first, then its upstreams. */
-function deploymentSpecs(model: ModelConfig, serverKeepAlive: KeepAliveConfig | undefined, modelsDir: string): DeploymentSpec[] {
+function deploymentSpecs(model: ModelConfig, options: AssembleOptions, modelsDir: string): DeploymentSpec[] {
   const specs: DeploymentSpec[] = [];
   if (model.file !== undefined) {
-    const keepAlive = model.keep_alive ?? serverKeepAlive;
+    const keepAlive = model.keep_alive ?? options.keepAlive;
     const lifecycle = {
       keepAliveMs: keepAlive === undefined ? MODEL_DEFAULTS.keepAliveMs : keepAliveMs(keepAlive),
       loadWaitMs: model.queue_wait_ms ?? MODEL_DEFAULTS.queueWaitMs,
       retryFailedAfterMs: MODEL_DEFAULTS.retryFailedLoadAfterMs,
     };
     const file = { path: model.file, autoPull: model.auto_pull ?? false, modelsDir, ...(model.source !== undefined ? { source: model.source } : {}) };
-    const settings = engineSettings(model, model.file);
+    const settings = engineSettings(model, model.file, options.promptCache);
     specs.push({ kind: 'llama', settings, lifecycle, file, key: JSON.stringify([settings, lifecycle, file]) });
   }
   if (model.file === undefined && model.upstreams === undefined) {
@@ -186,7 +189,8 @@ function requestLimits(config: LimitsConfig): RequestLimits {
   return limits;
 }
 
-function engineSettings(model: ModelConfig, file: string): LlamaEngineSettings {
+function engineSettings(model: ModelConfig, file: string, serverPromptCache: PromptCacheConfig | undefined): LlamaEngineSettings {
+  const cache = { ...serverPromptCache, ...model.prompt_cache };
   return {
     file,
     parallel: model.parallel ?? MODEL_DEFAULTS.parallel,
@@ -197,6 +201,10 @@ function engineSettings(model: ModelConfig, file: string): LlamaEngineSettings {
     ...(model.flash_attention !== undefined ? { flashAttention: model.flash_attention === 'auto' ? 'auto' : model.flash_attention === 'on' } : {}),
     ...(model.load !== undefined ? { load: model.load } : {}),
     ...(model.gpu_layers !== undefined ? { gpuLayers: model.gpu_layers } : {}),
-    ...(model.prompt_cache !== undefined ? { promptCache: { ramMb: model.prompt_cache.ram_mb } } : {}),
+    promptCache: {
+      ...(cache.ram_mb !== undefined ? { ramMb: cache.ram_mb } : {}),
+      ...(cache.disk_dir !== undefined ? { diskDir: cache.disk_dir } : {}),
+      ...(cache.disk_mb !== undefined ? { diskMb: cache.disk_mb } : {}),
+    },
   };
 }

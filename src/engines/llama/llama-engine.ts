@@ -62,8 +62,11 @@ export interface LlamaEngineSettings {
    * Tests set it high to show that nothing else holds the lockstep: a reader that stopped reading never does.
    */
   lockstepWaitMs?: number;
-  /** Sequence states kept in host memory beyond the sequences (prompt-cache/); absent: none. */
-  promptCache?: { ramMb: number };
+  /**
+   * Sequence states kept beyond the sequences (prompt-cache/): `ramMb` in a RAM-backed directory (0: no cache; unset:
+   * the default size), and states evicted from it spill to `diskDir` up to `diskMb`. Absent: no cache.
+   */
+  promptCache?: { ramMb?: number; diskDir?: string; diskMb?: number };
   log?: Log;
 }
 
@@ -199,9 +202,9 @@ export class LlamaEngine implements ChatEngine {
       const reasons = reasoning === 'auto' ? template.features.reasoning : reasoning === 'on';
       const cache = settings.promptCache;
       const promptCache =
-        cache === undefined
+        cache === undefined || cache.ramMb === 0
           ? undefined
-          : await PromptCache.open({ budgetBytes: cache.ramMb * 2 ** 20, minTokens: PROMPT_CACHE_MIN_TOKENS, log: settings.log ?? SILENT_LOG });
+          : await PromptCache.open({ budgetBytes: (cache.ramMb ?? 8192) * 2 ** 20, minTokens: PROMPT_CACHE_MIN_TOKENS, log: settings.log ?? SILENT_LOG });
       return new LlamaEngine(description, model, context, template, pool, new StepBarrier(settings.lockstepWaitMs), llama, reasons, prompts, promptCache);
     } catch (error) {
       await model.dispose();
