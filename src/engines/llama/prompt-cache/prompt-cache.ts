@@ -45,23 +45,30 @@ async function removeOrphans(base: string, log: Log): Promise<void> {
 /** A cached prefix found for a prompt, held (not evictable) until restored or released. */
 export interface CacheHit {
   readonly tokens: number;
+  /** The entry's leading tokens computed in whole aligned prefill chunks, as given to keep. */
+  readonly exact: number;
   release(): void;
 }
 
+interface StoredState {
+  path: string;
+  exact: number;
+}
+
 interface HeldHit extends CacheHit {
-  entry: CachedPrefix<string>;
+  entry: CachedPrefix<StoredState>;
 }
 
 export class PromptCache {
-  private readonly index: PrefixIndex<string>;
+  private readonly index: PrefixIndex<StoredState>;
 
   private constructor(
     private readonly dir: string,
     private readonly options: PromptCacheOptions,
   ) {
-    this.index = new PrefixIndex<string>({
+    this.index = new PrefixIndex<StoredState>({
       budgetBytes: options.budgetBytes,
-      onEvict: (entry) => void unlink(entry.value).catch(() => undefined),
+      onEvict: (entry) => void unlink(entry.value.path).catch(() => undefined),
     });
   }
 
@@ -92,14 +99,14 @@ export class PromptCache {
    * Keeps `sequence`'s current state unless it is too short or an entry already covers exactly its tokens. Holds the
    * context while the state is written (node-llama-cpp locks it), so callers choose when.
    */
-  async keep(sequence: LlamaContextSequence): Promise<boolean> {
+  async keep(sequence: LlamaContextSequence, exact = 0): Promise<boolean> {
     const tokens = sequence.contextTokens;
     if (tokens.length < this.options.minTokens) return false;
     if (this.index.longestPrefix(tokens, tokens.length) !== undefined) return false;
     const path = join(this.dir, `${randomUUID()}.state`);
     try {
       const { fileSize } = await sequence.saveStateToFile(path);
-      if (this.index.insert(tokens, path, fileSize) !== undefined) return true;
+      if (this.index.insert(tokens, { path, exact }, fileSize) !== undefined) return true;
     } catch (error) {
       this.options.log.warn({ err: (error as Error).message, tokens: tokens.length }, 'prompt cache: a state could not be saved');
     }
@@ -116,7 +123,7 @@ export class PromptCache {
     const match = this.index.longestShared(prompt, alreadyShared + this.options.minTokens);
     if (match === undefined) return undefined;
     const lease = this.index.pin(match.entry);
-    const hit: HeldHit = { tokens: match.length, entry: match.entry, release: () => lease.release() };
+    const hit: HeldHit = { tokens: match.length, exact: match.entry.value.exact, entry: match.entry, release: () => lease.release() };
     return hit;
   }
 
@@ -129,9 +136,9 @@ export class PromptCache {
     const { entry } = hit as HeldHit;
     try {
       // llama.cpp aborts the process on a state file cut short inside its data, so the size is checked first.
-      const { size } = await stat(entry.value);
+      const { size } = await stat(entry.value.path);
       if (size !== entry.bytes) throw new Error(`the state file has ${size} bytes, not the ${entry.bytes} written`);
-      await sequence.loadStateFromFile(entry.value, { acceptRisk: true });
+      await sequence.loadStateFromFile(entry.value.path, { acceptRisk: true });
       const loaded = sequence.nextTokenIndex;
       if (loaded < hit.tokens) throw new Error(`the state holds ${loaded} tokens, fewer than the ${hit.tokens} matched`);
       if (loaded > hit.tokens) await sequence.eraseContextTokenRanges([{ start: hit.tokens, end: loaded }]);
