@@ -29,6 +29,7 @@ import { PromptTokenizer } from './prompt-tokens.js';
 import { LlamaRun, type CompiledGrammars } from './llama-run.js';
 import { getRuntime, usableCores } from './runtime.js';
 import { SequencePool } from './sequence-pool.js';
+import { PrefillBoard } from './shared-prefill.js';
 import { StepBarrier } from './step-barrier.js';
 import { sequenceOrderedStrategy } from './batch-order.js';
 
@@ -126,7 +127,11 @@ export class LlamaEngine implements ChatEngine {
     private readonly reasons: boolean,
     private readonly prompts: PromptTokenizer,
     private readonly promptCache: PromptCache | undefined,
-  ) {}
+  ) {
+    this.prefills = promptCache === undefined ? undefined : new PrefillBoard(promptCache);
+  }
+
+  private readonly prefills: PrefillBoard | undefined;
 
   private readonly grammarCache = new Map<string, Promise<LlamaGrammar>>();
   private grammarCacheChars = 0;
@@ -226,7 +231,7 @@ export class LlamaEngine implements ChatEngine {
     const maxTokens = this.grantTokens(request, prompt.length);
     const grammars = await this.compileGrammars(request.grammars);
     const leases = await this.pool.acquire(prompt, signal, request.n);
-    return new LlamaRun(this.model, this.pool, this.barrier, leases, prompt, maxTokens, reasoning, grammars, request, signal, this.promptCache);
+    return new LlamaRun(this.model, this.pool, this.barrier, leases, prompt, maxTokens, reasoning, grammars, request, signal, this.promptCache, this.prefills);
   }
 
   async close(): Promise<void> {

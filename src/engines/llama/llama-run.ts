@@ -16,9 +16,13 @@ import { IncrementalDetokenizer } from './detokenizer.js';
 import { BUDGET_CLOSE, OutputSteering, type GrammarName } from './output-steering.js';
 import type { PromptCache } from './prompt-cache/prompt-cache.js';
 import type { Lease, SequencePool } from './sequence-pool.js';
+import type { Prefill, PrefillBoard } from './shared-prefill.js';
 import type { StepBarrier, StepMember } from './step-barrier.js';
 
-/** Prompt tokens evaluated per piece of a long prompt (see produce). */
+/**
+ * Prompt tokens evaluated per piece of a long prompt (see produce). Pieces end at multiples of it, counted from the
+ * sequence's start, so that a prefix is computed in the same batches whatever was cached before it (exactPrefix).
+ */
 const PREFILL_CHUNK = 256;
 /** Frequency/presence penalties look back this many generated tokens. */
 const PENALTY_WINDOW = 256;
@@ -49,6 +53,7 @@ export class LlamaRun implements EngineRun {
     private readonly request: ChatRequest,
     private readonly signal: AbortSignal,
     private readonly promptCache?: PromptCache,
+    private readonly prefills?: PrefillBoard,
   ) {
     this.promptTokens = prompt.length;
     // Choices share the prompt, so the cache counts once (the first choice's sequence).
@@ -85,12 +90,24 @@ export class LlamaRun implements EngineRun {
   /** One choice's generation into `queue`; returns when it ended, was aborted or the consumer closed the queue. */
   private async produce(lease: Lease, index: number, queue: EventQueue<EngineEvent>): Promise<void> {
     const { sequence } = lease;
+    try {
+      this.signal.throwIfAborted();
+      // Before joining the lockstep: a follower may wait seconds for another prompt's prefill.
+      await this.followSharedPrefill(lease);
+    } catch (error) {
+      this.pool.release(sequence);
+      throw error;
+    }
+    const prefill: Prefill | undefined = this.prefills?.begin(this.prompt, sequence);
     // Joined before the erase below, which may wait for the running decode: the others' next step waits for this
     // prompt instead of leaving without it (step-barrier.ts).
     let member: StepMember = this.barrier.join();
+    // How much of the sequence's KV a cold prefill would compute bit for bit (usable); undefined while unchanged.
+    let exact: number | undefined;
     try {
-      this.signal.throwIfAborted();
-      const cached = await this.fromCache(lease, index);
+      const start = await this.fromCache(lease, index);
+      exact = start.exact;
+      const cached = start.tokens;
       // A save or restore holds the context a while: a client gone meanwhile frees its sequence here.
       this.signal.throwIfAborted();
       if (queue.closed) return;
@@ -107,6 +124,7 @@ export class LlamaRun implements EngineRun {
       });
       let grammarState = this.grammarState(steering.initialGrammar);
       let input = this.prompt.slice(cached);
+      let position = cached;
       // llama.cpp's logits differ in the last bits between a token decoded inside a prompt batch and one decoded on
       // its own (as after a prefix-cache hit). With a seed the client expects the same output every time, so the
       // token that starts generation is then always decoded on its own.
@@ -115,12 +133,16 @@ export class LlamaRun implements EngineRun {
       // of the context, so a request that arrives meanwhile can erase its sequence's stale cache and queue its prompt,
       // and a short prompt is prefilled before the rest of a long one (batch-order.ts) instead of waiting seconds.
       while (input.length > last) {
-        const piece = input.slice(0, Math.min(PREFILL_CHUNK, input.length - last));
+        const piece = input.slice(0, Math.min(PREFILL_CHUNK - (position % PREFILL_CHUNK), input.length - last));
         await member.beforePrefill();
         await sequence.evaluateWithoutGeneratingNewTokens(piece);
+        // A whole aligned piece right after an exact prefix extends it.
+        if (exact === position && piece.length === PREFILL_CHUNK) exact += PREFILL_CHUNK;
+        position += piece.length;
         input = input.slice(piece.length);
         this.signal.throwIfAborted(); // a client gone during a long prefill frees its sequence after this piece
         if (queue.closed) return;
+        await prefill?.advance(position, exact);
       }
       if (input.length > 1) member.expectPrompt(); // the first step still evaluates prompt tokens
       const tokens = sequence.evaluate(input, {
@@ -155,6 +177,8 @@ export class LlamaRun implements EngineRun {
           const result: IteratorResult<Token, unknown> = await pending!;
           pending = undefined;
           if (result.done === true) break;
+          // The whole prompt is in the KV now: followers still waiting for part of it start from it.
+          if (prefill !== undefined) await prefill.end(this.prompt.length, exact);
           generated.push(result.value);
           const text = detokenizer.push(result.value);
           if (generated.length >= this.maxTokens) {
@@ -201,27 +225,64 @@ export class LlamaRun implements EngineRun {
       queue.push({ type: 'end', reason: 'eog' });
     } finally {
       member.leave(); // when it failed before generating (leaving twice is harmless)
-      this.pool.release(sequence);
+      await prefill?.end();
+      this.pool.release(sequence, exact);
     }
   }
 
   /**
-   * Prompt tokens the sequence holds before its prefill: its own KV cache's share of the prompt, or — when the prompt
-   * cache has a state sharing enough more — that state, restored. A sequence whose tokens are about to be erased for
-   * a prompt that does not extend them is kept in the cache first (another conversation's next turn may want them).
+   * When another prompt being prefilled shares a longer beginning with this one than the sequence or the cache holds,
+   * waits for it to be computed and kept (shared-prefill.ts); fromCache then restores it.
    */
-  private async fromCache(lease: Lease, index: number): Promise<number> {
-    let cached = this.reusable(lease);
+  private async followSharedPrefill(lease: Lease): Promise<void> {
     const cache = this.promptCache;
-    if (cache === undefined) return cached;
-    const { sequence } = lease;
-    // Looked up first: the hit is pinned, so the save below cannot evict it.
-    const hit = cache.lookup(this.prompt, cached);
-    // Only what would be lost is worth a save: not a conversation's own answer tail cut before its next turn.
-    if (sequence.nextTokenIndex - cached >= cache.minTokens) await cache.keep(sequence);
-    if (hit !== undefined) cached = Math.min(await cache.restore(sequence, hit), this.prompt.length - 1);
-    if (index === 0) this.cachedTokens = cached;
-    return cached;
+    if (cache === undefined || this.prefills === undefined) return;
+    const hit = cache.lookup(this.prompt, this.reusable(lease));
+    const have = hit?.tokens ?? this.reusable(lease);
+    hit?.release();
+    await this.prefills.follow(this.prompt, have, this.signal);
+  }
+
+  /**
+   * Prompt tokens the sequence holds before its prefill, and how many of them are exact (exactPrefix): its own KV
+   * cache's share of the prompt, or — when the prompt cache has a state sharing enough more — that state, restored.
+   * A sequence whose tokens are about to be erased for a prompt that does not extend them is kept in the cache first
+   * (another conversation's next turn may want them).
+   */
+  private async fromCache(lease: Lease, index: number): Promise<{ tokens: number; exact: number }> {
+    const own = this.usable(this.reusable(lease), lease.exact);
+    const cache = this.promptCache;
+    let start = own;
+    if (cache !== undefined) {
+      const { sequence } = lease;
+      // Looked up first: the hit is pinned, so the save below cannot evict it.
+      let hit = cache.lookup(this.prompt, own.tokens);
+      if (hit !== undefined && this.usable(hit.tokens, hit.exact).tokens < own.tokens + cache.minTokens) {
+        hit.release();
+        hit = undefined;
+      }
+      // Only what would be lost is worth a save: not a conversation's own answer tail cut before its next turn.
+      if (sequence.nextTokenIndex - own.tokens >= cache.minTokens) await cache.keep(sequence, lease.exact);
+      if (hit !== undefined) {
+        const exact = hit.exact;
+        const restored = await cache.restore(sequence, hit);
+        start = restored === 0 ? { tokens: 0, exact: 0 } : this.usable(Math.min(restored, this.prompt.length - 1), exact);
+      }
+    }
+    if (index === 0) this.cachedTokens = start.tokens;
+    return start;
+  }
+
+  /**
+   * What a sequence holding `tokens` prompt tokens, `exact` of them computed in whole aligned chunks, may reuse. With
+   * an explicit seed only the exact part: a token's KV depends in its last bits on the batch it was computed in, and
+   * on near-ties that flips a sampled token, so a seeded request reuses only positions that a cold prefill of its
+   * prompt would compute in the same batches — whole PREFILL_CHUNK pieces from the start — and answers the same
+   * whatever was cached (for requests decoded alone: continuous batching shares a decode with other sequences).
+   */
+  private usable(tokens: number, exact: number): { tokens: number; exact: number } {
+    const aligned = Math.floor(Math.min(tokens, exact) / PREFILL_CHUNK) * PREFILL_CHUNK;
+    return { tokens: this.request.sampling.seedExplicit ? aligned : tokens, exact: aligned };
   }
 
   /** Prompt tokens a lease's KV cache already holds; at least the last one is evaluated again, as its logits start the generation. */

@@ -15,6 +15,8 @@ export interface Lease {
   slot: number;
   /** Prompt tokens already in this sequence's KV cache. */
   sharedPrefix: number;
+  /** Leading tokens of the sequence's KV computed in whole aligned prefill chunks (llama-run.ts, exactPrefix). */
+  exact: number;
 }
 
 interface Waiter {
@@ -26,6 +28,7 @@ interface Waiter {
 export class SequencePool {
   private readonly idle: LlamaContextSequence[];
   private readonly slots = new Map<LlamaContextSequence, number>();
+  private readonly exact = new Map<LlamaContextSequence, number>();
   private readonly waiters: Waiter[] = [];
 
   constructor(sequences: LlamaContextSequence[]) {
@@ -71,7 +74,9 @@ export class SequencePool {
     });
   }
 
-  release(sequence: LlamaContextSequence): void {
+  /** `exact`: see Lease.exact, for what the sequence holds now; unset when its KV did not change. */
+  release(sequence: LlamaContextSequence, exact?: number): void {
+    if (exact !== undefined) this.exact.set(sequence, exact);
     this.idle.push(sequence);
     // Strictly in queue order: a waiter needing several sequences is not overtaken by smaller ones.
     while (this.waiters.length > 0 && this.waiters[0]!.count <= this.idle.length) {
@@ -104,6 +109,6 @@ export class SequencePool {
     });
     const chosen = shared[best]! - shared[lowest]! >= PREFIX_WORTH_MOVING ? best : lowest;
     const [sequence] = this.idle.splice(chosen, 1);
-    return { sequence: sequence!, slot: this.slots.get(sequence!)!, sharedPrefix: shared[chosen]! };
+    return { sequence: sequence!, slot: this.slots.get(sequence!)!, sharedPrefix: shared[chosen]!, exact: this.exact.get(sequence!) ?? 0 };
   }
 }
