@@ -98,13 +98,14 @@ export class PrefillBoard {
   }
 
   /**
-   * Waits, when a prompt being prefilled shares at least `have` + the cache's minimum more tokens with `prompt` than
-   * the follower has already, until those are computed and kept; resolves at once when none does. Returns the tokens
-   * waited for (0: none).
+   * Waits, when a prompt being prefilled shares with `prompt` most of what the follower lacks (it has `have` tokens
+   * already), until those are computed and kept; resolves at once when none does. Returns the tokens waited for (0:
+   * none). Sharing little is not worth waiting for: every chat template starts with the same few dozen tokens, and a
+   * request that waited for another's first piece of prompt to get them would start up to a piece's time later.
    */
   async follow(prompt: readonly Token[], have: number, signal: AbortSignal): Promise<number> {
     let leader: Prefill | undefined;
-    let shared = have + this.cache.minTokens - 1;
+    let shared = Math.max(have + this.cache.minTokens, have + Math.ceil((prompt.length - have) / 2)) - 1;
     for (const prefill of this.running) {
       const length = sharedLength(prefill.prompt, prompt);
       if (length > shared) [leader, shared] = [prefill, length];
