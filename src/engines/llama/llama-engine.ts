@@ -77,6 +77,9 @@ export interface LlamaEngineSettings {
  */
 const PROMPT_CACHE_MIN_TOKENS = 32;
 
+/** The prompt cache's disk tier when `diskMb` is unset: 10 GiB. */
+const DEFAULT_PROMPT_CACHE_DISK_MB = 10_240;
+
 const DEFAULT_CONTEXT_CAP = 4096;
 
 /**
@@ -209,7 +212,14 @@ export class LlamaEngine implements ChatEngine {
       const promptCache =
         cache === undefined || cache.ramMb === 0
           ? undefined
-          : await PromptCache.open({ budgetBytes: (cache.ramMb ?? 8192) * 2 ** 20, minTokens: PROMPT_CACHE_MIN_TOKENS, log: settings.log ?? SILENT_LOG });
+          : await PromptCache.open({
+              ...(cache.ramMb !== undefined ? { budgetBytes: cache.ramMb * 2 ** 20 } : {}),
+              minTokens: PROMPT_CACHE_MIN_TOKENS,
+              ...(cache.diskDir !== undefined
+                ? { disk: { dir: cache.diskDir, budgetBytes: (cache.diskMb ?? DEFAULT_PROMPT_CACHE_DISK_MB) * 2 ** 20, modelFile: settings.file, context } }
+                : {}),
+              log: settings.log ?? SILENT_LOG,
+            });
       return new LlamaEngine(description, model, context, template, pool, new StepBarrier(settings.lockstepWaitMs), llama, reasons, prompts, promptCache);
     } catch (error) {
       await model.dispose();

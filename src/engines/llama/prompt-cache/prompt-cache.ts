@@ -3,27 +3,35 @@
  * node-llama-cpp saves and loads a sequence's state only through a file — and found by the longest token prefix of
  * a new prompt (prefix-index.ts), least recently used first out under a byte budget.
  *
- * The engine (llama-run.ts) looks up a prompt next to what its leased sequence holds, and keeps a sequence whose
+ * States evicted from it for its budget spill to the disk tier (disk-tier.ts) when one is set; a lookup searches
+ * both. The engine (llama-run.ts) looks up a prompt next to what its leased sequence holds, and keeps a sequence whose
  * tokens are about to be erased for an unrelated prompt.
  */
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, rm, stat, unlink } from 'node:fs/promises';
+import { mkdir, readdir, rm, stat, statfs, unlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { LlamaContextSequence, Token } from 'node-llama-cpp';
 import type { Log } from '../../../core/log.js';
 import { processAlive } from '../../../core/process-alive.js';
+import { DiskTier, type DiskState, type DiskTierOptions } from './disk-tier.js';
 import { PrefixIndex, type CachedPrefix } from './prefix-index.js';
 
 export interface PromptCacheOptions {
   /** Where the cache makes its own directory of state files: default /dev/shm (RAM), else the temporary directory. */
   dir?: string;
-  budgetBytes: number;
+  /** Unset: llama-server's default (8 GiB), or half the free space where the files go when that is less. */
+  budgetBytes?: number;
   /** Shorter prefixes are not worth a save and a restore: prefilling them costs less (measured, docs). */
   minTokens: number;
+  /** Where states evicted from RAM go, to survive a restart; none when unset. */
+  disk?: DiskTierOptions;
   log: Log;
 }
+
+/** llama-server's `--cache-ram` default. */
+const DEFAULT_RAM_BUDGET = 8 * 2 ** 30;
 
 const DIR_PREFIX = 'kiln-prompt-cache-';
 const orphanSweeps = new Map<string, Promise<void>>();
@@ -51,12 +59,19 @@ export interface CacheHit {
 }
 
 interface StoredState {
-  path: string;
-  exact: number;
+  readonly path: string;
+  readonly exact: number;
 }
 
-interface HeldHit extends CacheHit {
-  entry: CachedPrefix<StoredState>;
+type HeldHit = CacheHit & ({ tier: 'ram'; entry: CachedPrefix<StoredState> } | { tier: 'disk'; entry: CachedPrefix<DiskState> });
+
+export interface PromptCacheStats {
+  ramBytes: number;
+  ramEntries: number;
+  ramBudgetBytes: number;
+  diskBytes: number;
+  diskEntries: number;
+  diskBudgetBytes: number;
 }
 
 export class PromptCache {
@@ -64,11 +79,17 @@ export class PromptCache {
 
   private constructor(
     private readonly dir: string,
+    budgetBytes: number,
     private readonly options: PromptCacheOptions,
+    private readonly disk: DiskTier | undefined,
   ) {
     this.index = new PrefixIndex<StoredState>({
-      budgetBytes: options.budgetBytes,
-      onEvict: (entry) => void unlink(entry.value.path).catch(() => undefined),
+      budgetBytes,
+      onEvict: (entry, reason) => {
+        // Only states pushed out for room are worth keeping; a replaced or deleted one is stale or broken.
+        if (reason === 'budget' && disk !== undefined) disk.spill(entry.value.path, entry.tokens, entry.value.exact, entry.bytes, budgetBytes);
+        else void unlink(entry.value.path).catch(() => undefined);
+      },
     });
   }
 
@@ -80,29 +101,58 @@ export class PromptCache {
     await sweep;
     const dir = join(base, `${DIR_PREFIX}${process.pid}-${randomUUID().slice(0, 8)}`);
     await mkdir(dir, { recursive: true });
-    return new PromptCache(dir, options);
+    let budgetBytes = options.budgetBytes;
+    if (budgetBytes === undefined) {
+      // On tmpfs the free space is memory (Docker's /dev/shm is 64 MiB by default): leave half of it to others.
+      const { bavail, bsize } = await statfs(dir);
+      budgetBytes = Math.min(DEFAULT_RAM_BUDGET, Math.floor((bavail * bsize) / 2));
+      options.log.info({ dir: base, budgetMb: Math.floor(budgetBytes / 2 ** 20) }, 'prompt cache: RAM tier sized by default');
+    }
+    const disk = options.disk === undefined ? undefined : new DiskTier(options.disk, options.log);
+    return new PromptCache(dir, budgetBytes, options, disk);
   }
 
   get minTokens(): number {
     return this.options.minTokens;
   }
 
+  /** Bytes in the RAM tier. */
   get bytes(): number {
     return this.index.bytes;
   }
 
+  /** Entries in the RAM tier. */
   get entries(): number {
     return this.index.size;
   }
 
+  stats(): PromptCacheStats {
+    const disk = this.disk?.index;
+    return {
+      ramBytes: this.index.bytes,
+      ramEntries: this.index.size,
+      ramBudgetBytes: this.index.budgetBytes,
+      diskBytes: disk?.bytes ?? 0,
+      diskEntries: disk?.size ?? 0,
+      diskBudgetBytes: disk?.budgetBytes ?? 0,
+    };
+  }
+
+  /** Resolves once the disk tier (if any) has opened and the spills queued so far are written. */
+  async settled(): Promise<void> {
+    await this.disk?.settled();
+  }
+
   /**
-   * Keeps `sequence`'s current state unless it is too short or an entry already covers exactly its tokens. Holds the
-   * context while the state is written (node-llama-cpp locks it), so callers choose when.
+   * Keeps `sequence`'s current state unless it is too short or an entry already covers exactly its tokens (with as
+   * many exact ones). `exact`: the leading tokens whose KV was computed in full aligned prefill chunks, returned with
+   * a hit. Holds the context while the state is written (node-llama-cpp locks it), so callers choose when.
    */
   async keep(sequence: LlamaContextSequence, exact = 0): Promise<boolean> {
     const tokens = sequence.contextTokens;
     if (tokens.length < this.options.minTokens) return false;
-    if (this.index.longestPrefix(tokens, tokens.length) !== undefined) return false;
+    const existing = this.index.longestPrefix(tokens, tokens.length);
+    if (existing !== undefined && existing.entry.value.exact >= exact) return false;
     const path = join(this.dir, `${randomUUID()}.state`);
     try {
       const { fileSize } = await sequence.saveStateToFile(path);
@@ -120,10 +170,18 @@ export class PromptCache {
    * with the answer as generated, which the next prompt renders a little differently; restore cuts it back.
    */
   lookup(prompt: readonly Token[], alreadyShared = 0): CacheHit | undefined {
-    const match = this.index.longestShared(prompt, alreadyShared + this.options.minTokens);
-    if (match === undefined) return undefined;
-    const lease = this.index.pin(match.entry);
-    const hit: HeldHit = { tokens: match.length, exact: match.entry.value.exact, entry: match.entry, release: () => lease.release() };
+    const minLength = alreadyShared + this.options.minTokens;
+    const ram = this.index.longestShared(prompt, minLength);
+    // The disk tier only when it shares more: a RAM entry loads without a checksum pass over the file.
+    const disk = this.disk?.lookup(prompt, Math.max(minLength, (ram?.length ?? 0) + 1));
+    if (disk !== undefined) {
+      const lease = this.disk!.index.pin(disk.entry);
+      const hit: HeldHit = { tier: 'disk', tokens: disk.length, exact: disk.entry.value.exact, entry: disk.entry, release: () => lease.release() };
+      return hit;
+    }
+    if (ram === undefined) return undefined;
+    const lease = this.index.pin(ram.entry);
+    const hit: HeldHit = { tier: 'ram', tokens: ram.length, exact: ram.entry.value.exact, entry: ram.entry, release: () => lease.release() };
     return hit;
   }
 
@@ -133,19 +191,20 @@ export class PromptCache {
    * then prefills as if nothing was cached).
    */
   async restore(sequence: LlamaContextSequence, hit: CacheHit): Promise<number> {
-    const { entry } = hit as HeldHit;
+    const held = hit as HeldHit;
     try {
-      // llama.cpp aborts the process on a state file cut short inside its data, so the size is checked first.
-      const { size } = await stat(entry.value.path);
-      if (size !== entry.bytes) throw new Error(`the state file has ${size} bytes, not the ${entry.bytes} written`);
-      await sequence.loadStateFromFile(entry.value.path, { acceptRisk: true });
+      // A disk entry is loaded from the disk tier's file rather than copied back into RAM: the read that checks it
+      // leaves it in the page cache, and once the conversation goes on, `keep` puts its longer state in RAM anyway.
+      const path = held.tier === 'disk' ? await this.disk!.verified(held.entry) : await this.checkedRamFile(held.entry);
+      await sequence.loadStateFromFile(path, { acceptRisk: true });
       const loaded = sequence.nextTokenIndex;
       if (loaded < hit.tokens) throw new Error(`the state holds ${loaded} tokens, fewer than the ${hit.tokens} matched`);
       if (loaded > hit.tokens) await sequence.eraseContextTokenRanges([{ start: hit.tokens, end: loaded }]);
       return hit.tokens;
     } catch (error) {
-      this.options.log.warn({ err: (error as Error).message, tokens: hit.tokens }, 'prompt cache: a state could not be loaded; dropped');
-      this.index.delete(entry);
+      this.options.log.warn({ err: (error as Error).message, tokens: hit.tokens, tier: held.tier }, 'prompt cache: a state could not be loaded; dropped');
+      if (held.tier === 'disk') this.disk!.index.delete(held.entry);
+      else this.index.delete(held.entry);
       await sequence.clearHistory().catch(() => undefined);
       return 0;
     } finally {
@@ -154,6 +213,14 @@ export class PromptCache {
   }
 
   async close(): Promise<void> {
+    await this.disk?.close();
     await rm(this.dir, { recursive: true, force: true });
+  }
+
+  /** llama.cpp aborts the process on a state file cut short inside its data, so the size is checked first. */
+  private async checkedRamFile(entry: CachedPrefix<StoredState>): Promise<string> {
+    const { size } = await stat(entry.value.path);
+    if (size !== entry.bytes) throw new Error(`the state file has ${size} bytes, not the ${entry.bytes} written`);
+    return entry.value.path;
   }
 }
