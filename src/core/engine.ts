@@ -83,6 +83,15 @@ export interface EngineStatus {
   memoryBytes?: number;
   /** Layers offloaded to a GPU; set while loaded. */
   gpuLayers?: number;
+  /** What its prompt cache holds (engines/llama/prompt-cache/), per tier; set while loaded with a cache. */
+  promptCache?: PromptCacheUse;
+}
+
+export interface PromptCacheUse {
+  ramBytes: number;
+  ramEntries: number;
+  diskBytes: number;
+  diskEntries: number;
 }
 
 export interface ChatEngine {

@@ -87,6 +87,8 @@ export class Metrics {
   private readonly running = this.gauge('kiln:num_requests_running', 'Choices running on a served model (a request of n choices counts n).', ['model_name']);
   private readonly waiting = this.gauge('kiln:num_requests_waiting', "Requests waiting in a served model's admission queue.", ['model_name']);
   private readonly modelState = this.gauge('kiln:model_state', "1 for a model id's current lifecycle state, 0 for the others.", ['model_name', 'state']);
+  private readonly promptCacheBytes = this.gauge('kiln:prompt_cache_bytes', "Bytes of prompt states in a local model's prompt cache, by tier (ram, disk).", ['model_name', 'tier']);
+  private readonly promptCacheEntries = this.gauge('kiln:prompt_cache_entries', "Prompt states in a local model's prompt cache, by tier (ram, disk).", ['model_name', 'tier']);
   private readonly deploymentHealthy = this.gauge('kiln:deployment_healthy', '1 while an upstream deployment is in service, 0 while ejected or awaiting its probe.', ['model_name', 'deployment']);
 
   readonly contentType: string = this.registry.contentType;
@@ -147,6 +149,8 @@ export class Metrics {
     this.waiting.reset();
     this.modelState.reset();
     this.deploymentHealthy.reset();
+    this.promptCacheBytes.reset();
+    this.promptCacheEntries.reset();
     if (this.sources === undefined) return;
     for (const { id, state = 'ready' } of this.sources.models()) {
       for (const each of MODEL_STATES) this.modelState.set({ model_name: id, state: each }, each === state ? 1 : 0);
@@ -154,6 +158,13 @@ export class Metrics {
     for (const served of this.sources.served()) {
       this.running.set({ model_name: served.id }, served.running);
       this.waiting.set({ model_name: served.id }, served.waiting);
+      const cache = served.promptCache;
+      if (cache !== undefined) {
+        this.promptCacheBytes.set({ model_name: served.id, tier: 'ram' }, cache.ramBytes);
+        this.promptCacheBytes.set({ model_name: served.id, tier: 'disk' }, cache.diskBytes);
+        this.promptCacheEntries.set({ model_name: served.id, tier: 'ram' }, cache.ramEntries);
+        this.promptCacheEntries.set({ model_name: served.id, tier: 'disk' }, cache.diskEntries);
+      }
       for (const { name, healthy } of served.deployments ?? []) {
         this.deploymentHealthy.set({ model_name: served.id, deployment: name }, healthy ? 1 : 0);
       }

@@ -3,6 +3,7 @@
  * health, taken from the live model registry, so that a reload's new models appear at the next scrape and retired ones
  * disappear with no bookkeeping on the request path.
  */
+import type { PromptCacheUse } from '../core/engine.js';
 import type { Admission } from '../service/admission.js';
 import type { ModelRegistry } from '../service/model-registry.js';
 import { Router } from '../service/routing/router.js';
@@ -15,6 +16,8 @@ export interface ServedSnapshot {
   running: number;
   /** Requests waiting in its admission queue. */
   waiting: number;
+  /** What its local engine's prompt cache holds, when it has one. */
+  promptCache?: PromptCacheUse;
   /** Its deployments when a router serves it; names as the router logs them, never URLs. */
   deployments?: ReadonlyArray<{ name: string; healthy: boolean }>;
 }
@@ -44,6 +47,8 @@ export function metricsSourcesFromRegistry(registry: ModelRegistry): MetricsSour
         const { engine, admission } = served;
         const snapshot: ServedSnapshot = { id, running: admission.runningUnits, waiting: admission.waiting };
         // A probing deployment is still ejected until its probe answers: counted unhealthy.
+        const promptCache = engine.status?.().promptCache;
+        if (promptCache !== undefined) snapshot.promptCache = promptCache;
         if (engine instanceof Router) snapshot.deployments = engine.stats().map(({ name, state }) => ({ name, healthy: state === 'healthy' }));
         yield snapshot;
       }

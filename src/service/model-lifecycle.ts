@@ -96,6 +96,7 @@ export class ManagedEngine implements ChatEngine, BudgetMember {
     const inner = this.engine?.status?.();
     return {
       ...(inner?.gpuLayers !== undefined ? { gpuLayers: inner.gpuLayers } : {}),
+      ...(inner?.promptCache !== undefined ? { promptCache: inner.promptCache } : {}),
       state,
       idleMs: this.idleMs,
       ...(this.estimatedBytes !== undefined ? { memoryBytes: this.estimatedBytes } : {}),

@@ -164,6 +164,8 @@ test('the text is valid exposition: each family once, with HELP and TYPE, names 
     'kiln:model_state',
     'kiln:num_requests_running',
     'kiln:num_requests_waiting',
+    'kiln:prompt_cache_bytes',
+    'kiln:prompt_cache_entries',
     'kiln:prompt_tokens_cached_total',
     'kiln:prompt_tokens_total',
     'kiln:reasoning_tokens_total',
@@ -190,7 +192,7 @@ test('gauges are read from their sources at each scrape: a model gone is gone, s
   const state = {
     models: [{ id: 'local', state: 'loading' }, { id: 'Pro/local', state: 'loading' }, { id: 'remote', state: 'upstream' }, { id: 'plain' }],
     served: [
-      { id: 'local', running: 3, waiting: 2 },
+      { id: 'local', running: 3, waiting: 2, promptCache: { ramBytes: 4096, ramEntries: 2, diskBytes: 0, diskEntries: 0 } },
       { id: 'remote', running: 1, waiting: 0, deployments: [{ name: 'east', healthy: true }, { name: 'west', healthy: false }] },
     ] as ServedSnapshot[],
   };
@@ -200,6 +202,10 @@ test('gauges are read from their sources at each scrape: a model gone is gone, s
   assert.equal(valueOf(families, 'kiln:num_requests_waiting', { model_name: 'local' }), 2);
   assert.equal(valueOf(families, 'kiln:num_requests_running', { model_name: 'Pro/local' }), undefined, 'a shared queue is reported once');
   assert.equal(valueOf(families, 'kiln:num_requests_running', { model_name: 'remote' }), 1);
+  assert.equal(valueOf(families, 'kiln:prompt_cache_bytes', { model_name: 'local', tier: 'ram' }), 4096);
+  assert.equal(valueOf(families, 'kiln:prompt_cache_entries', { model_name: 'local', tier: 'ram' }), 2);
+  assert.equal(valueOf(families, 'kiln:prompt_cache_bytes', { model_name: 'local', tier: 'disk' }), 0);
+  assert.equal(valueOf(families, 'kiln:prompt_cache_bytes', { model_name: 'remote', tier: 'ram' }), undefined, 'no cache, no series');
   assert.equal(valueOf(families, 'kiln:deployment_healthy', { model_name: 'remote', deployment: 'east' }), 1);
   assert.equal(valueOf(families, 'kiln:deployment_healthy', { model_name: 'remote', deployment: 'west' }), 0);
   assert.equal(families.get('kiln:model_state')!.metrics.length, 4 * 5, 'every state of every id');
@@ -213,6 +219,7 @@ test('gauges are read from their sources at each scrape: a model gone is gone, s
   state.served = [{ id: 'remote', running: 0, waiting: 4, deployments: [{ name: 'east', healthy: false }] }];
   ({ families } = await scrape(metrics));
   assert.equal(valueOf(families, 'kiln:num_requests_running', { model_name: 'local' }), undefined);
+  assert.equal(valueOf(families, 'kiln:prompt_cache_bytes', { model_name: 'local', tier: 'ram' }), undefined, 'unloaded: gone');
   assert.equal(valueOf(families, 'kiln:num_requests_waiting', { model_name: 'remote' }), 4);
   assert.equal(valueOf(families, 'kiln:deployment_healthy', { model_name: 'remote', deployment: 'east' }), 0);
   assert.equal(valueOf(families, 'kiln:deployment_healthy', { model_name: 'remote', deployment: 'west' }), undefined);
