@@ -232,7 +232,7 @@ export class LlamaEngine implements ChatEngine {
   }
 
   status(): EngineStatus {
-    return { state: 'ready', gpuLayers: this.model.gpuLayers };
+    return { state: 'ready', gpuLayers: this.model.gpuLayers, ...(this.promptCache !== undefined ? { promptCache: this.promptCache.stats() } : {}) };
   }
 
   async start(request: ChatRequest, signal: AbortSignal): Promise<EngineRun> {
