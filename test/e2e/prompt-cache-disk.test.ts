@@ -1,8 +1,10 @@
 /**
  * The prompt cache's disk tier through the real server: with a RAM tier too small for more than two conversations,
- * older conversations' states spill to `disk_dir`; after a restart on the same directory, a conversation's next turn
- * starts from its state on disk, reports the reused tokens as cached and — with a seed — answers as a server without
- * the cache does. A state file damaged on disk is dropped with a warning and the request is answered all the same.
+ * every kept conversation's state is still written to `disk_dir`; after a restart on the same directory, a
+ * conversation's next turn starts from its state on disk, reports the reused tokens as cached and — with a seed —
+ * answers as a server without the cache does. With the default RAM tier nothing is evicted, and a graceful stop writes
+ * what the sequences hold: a conversation that never left its sequence goes on from disk after a restart. A state
+ * file damaged on disk is dropped with a warning and the request is answered all the same.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, readdir, rm, stat, truncate } from 'node:fs/promises';
@@ -13,16 +15,17 @@ import { ensureTinyModel } from '../../src/gguf/tiny-model.js';
 import { startKiln, writeConfig, type KilnProcess } from '../helpers/kiln-process.js';
 
 const MODEL = 'tiny-disk-cached';
+let file: string;
 let diskDir: string;
 let cachedConfig: string;
 let withCache: KilnProcess | undefined;
 let without: KilnProcess;
 
 before(async () => {
-  const file = await ensureTinyModel();
+  file = await ensureTinyModel();
   diskDir = await mkdtemp(join(tmpdir(), 'kiln-disk-cache-'));
   const model = { id: MODEL, file, parallel: 1, context_size: 2048, threads: 1, preload: true };
-  // 1 MiB holds two states of ~1,500 tokens (272 bytes each on this model): a third pushes the oldest to disk.
+  // 1 MiB holds two states of ~1,500 tokens (272 bytes each on this model): a third pushes the oldest out of RAM.
   cachedConfig = await writeConfig({ models: [{ ...model, prompt_cache: { ram_mb: 1, disk_dir: diskDir } }] });
   [withCache, without] = await Promise.all([
     startKiln(['--config', cachedConfig]),
@@ -65,9 +68,9 @@ async function until(what: string, check: () => Promise<boolean> | boolean, ms =
 }
 
 /** The disk tier's entry directories (temporaries end in .tmp). */
-async function entries(): Promise<string[]> {
-  const found = await readdir(diskDir, { withFileTypes: true });
-  return found.filter((entry) => entry.isDirectory() && !entry.name.endsWith('.tmp')).map((entry) => join(diskDir, entry.name));
+async function entries(dir = diskDir): Promise<string[]> {
+  const found = await readdir(dir, { withFileTypes: true });
+  return found.filter((entry) => entry.isDirectory() && !entry.name.endsWith('.tmp')).map((entry) => join(dir, entry.name));
 }
 
 async function restart(): Promise<KilnProcess> {
@@ -82,8 +85,8 @@ const conversations = ['apples', 'rivers', 'stones', 'clouds', 'ferns'].map((top
   { role: 'user', content: `${document(topic)}\nSummarise the ${topic}.` },
 ]);
 
-test('after a restart, a conversation spilled to disk goes on from its state there and answers as without the cache', async () => {
-  // One sequence: each new conversation keeps the one before in RAM, and RAM pushes the oldest to disk.
+test('after a restart, a conversation written to disk goes on from its state there and answers as without the cache', async () => {
+  // One sequence: each new conversation keeps the one before (written through to disk), and RAM pushes the oldest out.
   for (const messages of conversations) {
     const answer = await ask(withCache!, messages);
     messages.push({ role: 'assistant', content: answer.content }, { role: 'user', content: 'And what comes next?' });
@@ -97,6 +100,43 @@ test('after a restart, a conversation spilled to disk goes on from its state the
   console.log(`after the restart: ${cached} of ${later.usage.prompt_tokens} prompt tokens from disk`);
   const reference = await ask(without, conversations[0]!);
   assert.equal(later.content, reference.content, 'the same seed answers the same with the cache');
+});
+
+test('with the default RAM tier, a conversation still in its sequence at a graceful stop goes on from disk after a restart', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'kiln-disk-cache-'));
+  // Two sequences: the conversation keeps its own, so nothing is kept (let alone evicted) while the server runs.
+  const model = { id: MODEL, file, parallel: 2, context_size: 2048, threads: 1, preload: true };
+  const config = await writeConfig({ models: [{ ...model, prompt_cache: { disk_dir: dir } }] });
+  const servers: KilnProcess[] = [];
+  try {
+    const [first, reference] = await Promise.all([
+      startKiln(['--config', config]),
+      startKiln(['--config', await writeConfig({ models: [{ ...model, prompt_cache: { ram_mb: 0 } }] })]),
+    ]);
+    servers.push(first, reference);
+    await until('the disk tier to open', () => /disk tier ready/.test(first.output()));
+    const messages = [{ role: 'user', content: `${document('lanterns')}\nSummarise the lanterns.` }];
+    const answer = await ask(first, messages);
+    messages.push({ role: 'assistant', content: answer.content }, { role: 'user', content: 'And what comes next?' });
+    assert.deepEqual(await entries(dir), [], 'nothing on disk while the server runs');
+
+    await first.stop(); // SIGTERM: drain, then close the engine, which writes what the sequences hold
+    assert.equal(first.child.exitCode, 0, `a graceful stop:\n${first.output().slice(-2000)}`);
+    assert.equal((await entries(dir)).length, 1);
+    assert.doesNotMatch(first.output(), /not written to disk/);
+
+    const second = await startKiln(['--config', config]);
+    servers.push(second);
+    await until('the disk tier to open', () => /disk tier ready/.test(second.output()));
+    const later = await ask(second, messages);
+    const cached = later.usage.prompt_tokens_details?.cached_tokens ?? 0;
+    assert.ok(cached >= 200, `cached_tokens ${cached} of ${later.usage.prompt_tokens}`);
+    console.log(`after a graceful restart: ${cached} of ${later.usage.prompt_tokens} prompt tokens from disk`);
+    assert.equal(later.content, (await ask(reference, messages)).content, 'the same seed answers the same with the cache');
+  } finally {
+    await Promise.all(servers.map((server) => server.stop()));
+    await rm(dir, { recursive: true, force: true });
+  }
 });
 
 test('a state file cut short on disk is dropped with a warning, and the request is answered', async () => {

@@ -245,7 +245,8 @@ export class LlamaEngine implements ChatEngine {
   }
 
   async close(): Promise<void> {
-    await this.promptCache?.close();
+    // With a disk tier, what the sequences hold (idle after the drain) is kept and written there for the next start.
+    await this.promptCache?.close(this.pool.sequences());
     await this.prompts.close();
     await this.context.dispose();
     await this.model.dispose();

@@ -48,6 +48,11 @@ export class SequencePool {
     return this.idle.length;
   }
 
+  /** Every sequence, in slot order, with its `exact` (Lease.exact): what closing the engine keeps. */
+  sequences(): Array<{ sequence: LlamaContextSequence; exact: number }> {
+    return [...this.slots.keys()].map((sequence) => ({ sequence, exact: this.exact.get(sequence) ?? 0 }));
+  }
+
   /**
    * `count` sequences at once (one per choice of an `n > 1` request; count ≤ the pool's size), so that concurrent
    * multi-choice requests can never each hold part of what they need.

@@ -3,9 +3,10 @@
  * node-llama-cpp saves and loads a sequence's state only through a file — and found by the longest token prefix of
  * a new prompt (prefix-index.ts), least recently used first out under a byte budget.
  *
- * States evicted from it for its budget spill to the disk tier (disk-tier.ts) when one is set; a lookup searches
- * both. The engine (llama-run.ts) looks up a prompt next to what its leased sequence holds, and keeps a sequence whose
- * tokens are about to be erased for an unrelated prompt.
+ * With a disk tier (disk-tier.ts), every state kept here is also written there in the background (write-through),
+ * and a lookup searches both; closing keeps what the engine's sequences hold and waits a while for the writes, so a
+ * restart finds them. The engine (llama-run.ts) looks up a prompt next to what its leased sequence holds, and keeps a
+ * sequence whose tokens are about to be erased for an unrelated prompt.
  */
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -15,7 +16,7 @@ import { join } from 'node:path';
 import type { LlamaContextSequence, Token } from 'node-llama-cpp';
 import type { Log } from '../../../core/log.js';
 import { processAlive } from '../../../core/process-alive.js';
-import { DiskTier, type DiskState, type DiskTierOptions } from './disk-tier.js';
+import { DiskTier, type DiskState, type DiskTierOptions, type DiskWrite } from './disk-tier.js';
 import { PrefixIndex, type CachedPrefix } from './prefix-index.js';
 
 export interface PromptCacheOptions {
@@ -32,6 +33,9 @@ export interface PromptCacheOptions {
 
 /** llama-server's `--cache-ram` default. */
 const DEFAULT_RAM_BUDGET = 8 * 2 ** 30;
+
+/** How long closing waits for the disk tier's writes; what is left then is dropped and logged. */
+const CLOSE_WRITE_LIMIT_MS = 10_000;
 
 const DIR_PREFIX = 'kiln-prompt-cache-';
 const orphanSweeps = new Map<string, Promise<void>>();
@@ -61,6 +65,14 @@ export interface CacheHit {
 interface StoredState {
   readonly path: string;
   readonly exact: number;
+  /** Its write to the disk tier, queued or done; unset without one. */
+  write?: DiskWrite | undefined;
+}
+
+/** A sequence whose state closing keeps, with its exact length (see keep). */
+export interface HeldSequence {
+  readonly sequence: LlamaContextSequence;
+  readonly exact: number;
 }
 
 type HeldHit = CacheHit & ({ tier: 'ram'; entry: CachedPrefix<StoredState> } | { tier: 'disk'; entry: CachedPrefix<DiskState> });
@@ -86,8 +98,9 @@ export class PromptCache {
     this.index = new PrefixIndex<StoredState>({
       budgetBytes,
       onEvict: (entry, reason) => {
-        // Only states pushed out for room are worth keeping; a replaced or deleted one is stale or broken.
-        if (reason === 'budget' && disk !== undefined) disk.spill(entry.value.path, entry.tokens, entry.value.exact, entry.bytes, budgetBytes);
+        // Written or queued: not written again. A replaced or deleted state is stale or broken: a write of it not
+        // yet begun is dropped.
+        if (entry.value.write !== undefined) entry.value.write.release(reason !== 'budget');
         else void unlink(entry.value.path).catch(() => undefined);
       },
     });
@@ -138,7 +151,7 @@ export class PromptCache {
     };
   }
 
-  /** Resolves once the disk tier (if any) has opened and the spills queued so far are written. */
+  /** Resolves once the disk tier (if any) has opened and the writes queued so far are done. */
   async settled(): Promise<void> {
     await this.disk?.settled();
   }
@@ -146,7 +159,8 @@ export class PromptCache {
   /**
    * Keeps `sequence`'s current state unless it is too short or an entry already covers exactly its tokens (with as
    * many exact ones). `exact`: the leading tokens whose KV was computed in full aligned prefill chunks, returned with
-   * a hit. Holds the context while the state is written (node-llama-cpp locks it), so callers choose when.
+   * a hit. Holds the context while the state is written (node-llama-cpp locks it), so callers choose when. With a
+   * disk tier the state is also queued for writing there.
    */
   async keep(sequence: LlamaContextSequence, exact = 0): Promise<boolean> {
     const tokens = sequence.contextTokens;
@@ -156,7 +170,12 @@ export class PromptCache {
     const path = join(this.dir, `${randomUUID()}.state`);
     try {
       const { fileSize } = await sequence.saveStateToFile(path);
-      if (this.index.insert(tokens, { path, exact }, fileSize) !== undefined) return true;
+      const entry = this.index.insert(tokens, { path, exact }, fileSize);
+      if (entry !== undefined) {
+        // States evicted from RAM before their write may wait for it up to the RAM budget again, no more.
+        entry.value.write = this.disk?.writeThrough(path, entry.tokens, exact, fileSize, this.index.budgetBytes);
+        return true;
+      }
     } catch (error) {
       this.options.log.warn({ err: (error as Error).message, tokens: tokens.length }, 'prompt cache: a state could not be saved');
     }
@@ -180,6 +199,7 @@ export class PromptCache {
       return hit;
     }
     if (ram === undefined) return undefined;
+    this.disk?.touch(ram.entry.tokens);
     const lease = this.index.pin(ram.entry);
     const hit: HeldHit = { tier: 'ram', tokens: ram.length, exact: ram.entry.value.exact, entry: ram.entry, release: () => lease.release() };
     return hit;
@@ -212,8 +232,15 @@ export class PromptCache {
     }
   }
 
-  async close(): Promise<void> {
-    await this.disk?.close();
+  /**
+   * With a disk tier: keeps what `sequences` hold (idle by now) and waits up to CLOSE_WRITE_LIMIT_MS for the writes,
+   * so that a restart finds them. Then the RAM tier's files go. Without one, only the files go.
+   */
+  async close(sequences: readonly HeldSequence[] = []): Promise<void> {
+    if (this.disk !== undefined) {
+      for (const { sequence, exact } of sequences) await this.keep(sequence, exact);
+      await this.disk.close(CLOSE_WRITE_LIMIT_MS);
+    }
     await rm(this.dir, { recursive: true, force: true });
   }
 
