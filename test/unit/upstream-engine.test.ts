@@ -62,11 +62,16 @@ describe('upstream engine: the request it sends', { timeout: 15_000 }, () => {
     const run = await engine.start(request, signal());
     for (let index = 0; index < 3; index++) await events(run, index);
     run.dispose();
+    const unseeded = await engine.start(chatRequest({ n: 2 }), signal());
+    for (let index = 0; index < 2; index++) await events(unseeded, index);
+    unseeded.dispose();
     await engine.close();
 
-    const posts = upstream.requests.filter((r) => r.method === 'POST');
-    assert.equal(posts.length, 3);
+    const posts = upstream.requests.filter((r) => r.method === 'POST').slice(0, 3);
     assert.deepEqual(posts.map((r) => r.body!.seed).sort(), [0, 1, 4294967295].sort());
+    const later = upstream.requests.filter((r) => r.method === 'POST').slice(3);
+    assert.equal(later.length, 2);
+    for (const post of later) assert.equal('seed' in post.body!, false, 'without a seed from the client, none goes upstream');
     for (const post of posts) {
       assert.equal(post.url, '/v1/chat/completions');
       assert.equal(post.headers.authorization, 'Bearer sk-upstream-secret');

@@ -49,7 +49,11 @@ function wireResponseFormat(format: ResponseFormat): unknown {
   return { type: 'json_schema', json_schema: { name: format.name, schema: format.schema, strict: format.strict } };
 }
 
-/** The body for choice `index` of `request`: the same request with the choice's own seed, like the local engine. */
+/**
+ * The body for choice `index` of `request`: the same request with the choice's own seed, like the local engine — when
+ * the client chose one. Without, none is sent: the upstream draws its own, and a seeded request costs a Kiln or
+ * llama.cpp upstream part of its prefix cache (reuse stops at a batch boundary to keep the output reproducible).
+ */
 export function wireBody(request: ChatRequest, settings: WireBodySettings, index: number): Record<string, unknown> {
   const { sampling } = request;
   const body: Record<string, unknown> = {
@@ -62,7 +66,7 @@ export function wireBody(request: ChatRequest, settings: WireBodySettings, index
     min_p: sampling.minP,
     frequency_penalty: sampling.frequencyPenalty,
     presence_penalty: sampling.presencePenalty,
-    seed: (sampling.seed + index) >>> 0,
+    ...(sampling.seedExplicit ? { seed: (sampling.seed + index) >>> 0 } : {}),
     stream: true,
     stream_options: { include_usage: true },
   };
