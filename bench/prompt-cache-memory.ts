@@ -322,7 +322,7 @@ async function phase(name: 'ram' | 'disk' | 'off', model: string, lag: number): 
   // VM, against 20 or more kept a second here), drops what it is too far behind to write rather than let /dev/shm
   // grow past twice the RAM budget (counted in the notes), and writes the rest in order, seconds late: many second
   // turns come before their state is on disk. So this phase only checks that the disk tier serves some of them (the
-  // share depends on the disk: 12–43% in runs on the VM).
+  // share depends on the disk: 12–62% in runs on the VM).
   const hitShare = disk ? 0.05 : 0.9;
   const hits = secondTurns.filter((turn) => turn.cached >= turn.prompt / 2).length;
   const cachedShare = secondTurns.reduce((sum, turn) => sum + turn.cached, 0) / secondTurns.reduce((sum, turn) => sum + turn.prompt, 0);
