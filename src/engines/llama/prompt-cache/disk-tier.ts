@@ -2,7 +2,7 @@
  * The disk tier of the prompt cache: every state the RAM tier keeps is also copied here in the background
  * (write-through), so that it survives a restart. Each entry is a directory `<identity key>-<uuid>` holding `state`
  * (the file llama.cpp wrote, loaded from here as is) and `meta.json` (the identity it is valid for, its tokens, its
- * exact length, and the state's length and crc32). The directory is written under a temporary name, synced and
+ * exact length, and the state's length and crc32; disk-entry.ts). The directory is written under a temporary name and
  * renamed, so an entry is complete or absent.
  *
  * Writes go one at a time, in order. The RAM tier's file is the source: a state evicted from RAM while its write is
@@ -18,15 +18,16 @@
  * entry's length and crc32 are checked before every load.
  */
 import { randomUUID } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, utimes } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm, stat, unlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { crc32 } from 'node:zlib';
 import type { LlamaContext } from 'node-llama-cpp';
 import type { Log } from '../../../core/log.js';
 import { processAlive } from '../../../core/process-alive.js';
 import { PrefixIndex, type CachedPrefix, type PrefixMatch } from './prefix-index.js';
-import { identityKey, sameIdentity, stateIdentity, type StateIdentity } from './state-identity.js';
+import { copyWithCrc, encodeTokens, fileCrc, META_FILE, readEntry, STATE_FILE, type DiskState, type StateMeta } from './disk-entry.js';
+import { identityKey, stateIdentity, type StateIdentity } from './state-identity.js';
+
+export type { DiskState } from './disk-entry.js';
 
 export interface DiskTierOptions {
   dir: string;
@@ -36,23 +37,7 @@ export interface DiskTierOptions {
   context: LlamaContext;
 }
 
-export interface DiskState {
-  /** The entry's directory. */
-  readonly dir: string;
-  readonly exact: number;
-  readonly length: number;
-  readonly crc32: number;
-}
 
-interface StateMeta {
-  format: 1;
-  identity: StateIdentity;
-  /** Token ids as little-endian uint32, base64. */
-  tokens: string;
-  exact: number;
-  length: number;
-  crc32: number;
-}
 
 /**
  * A state queued for writing while the RAM tier holds its source file. The RAM tier calls `release` when its entry
@@ -78,10 +63,8 @@ interface Job {
   cancelled: boolean;
 }
 
-const STATE = 'state';
 /** How many of the newest queued jobs a new one is compared with, to drop those it covers. */
 const SUPERSEDE_SCAN = 64;
-const META = 'meta.json';
 /** `<name>.<pid>-<8 hex>.tmp`: anything being written, by the process named. */
 const TEMPORARY = /\.(\d+)-[0-9a-f]{8}\.tmp$/;
 
@@ -132,7 +115,7 @@ export class DiskTier {
     const match = this.index.longestPrefix(tokens, tokens.length);
     if (match === undefined) return;
     const now = new Date();
-    void utimes(join(match.entry.value.dir, META), now, now).catch(() => undefined);
+    void utimes(join(match.entry.value.dir, META_FILE), now, now).catch(() => undefined);
   }
 
   /**
@@ -140,15 +123,14 @@ export class DiskTier {
    * the page cache for the load that follows.
    */
   async verified(entry: CachedPrefix<DiskState>): Promise<string> {
-    const path = join(entry.value.dir, STATE);
+    const path = join(entry.value.dir, STATE_FILE);
     const { size } = await stat(path);
     if (size !== entry.value.length) throw new Error(`the state file has ${size} bytes, not the ${entry.value.length} written`);
-    let crc = 0;
-    for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) crc = crc32(chunk as Buffer, crc);
+    const crc = await fileCrc(path);
     if (crc !== entry.value.crc32) throw new Error('the state file does not match its checksum: its bytes changed');
     // The meta file's mtime orders entries by last use when a restart rebuilds the index.
     const now = new Date();
-    void utimes(join(entry.value.dir, META), now, now).catch(() => undefined);
+    void utimes(join(entry.value.dir, META_FILE), now, now).catch(() => undefined);
     return path;
   }
 
@@ -287,16 +269,14 @@ export class DiskTier {
     let state: DiskState;
     try {
       await mkdir(temporary);
-      const { length, crc } = await copyWithCrc(job.source, join(temporary, STATE), () => job.cancelled);
+      const { length, crc } = await copyWithCrc(job.source, join(temporary, STATE_FILE), () => job.cancelled);
       // A state file of another length than saved is damaged, and a copy would pass the checks before a load.
       if (length !== job.bytes) throw new Error(`the state file has ${length} bytes, not the ${job.bytes} saved`);
       const meta: StateMeta = { format: 1, identity, tokens: encodeTokens(job.tokens), exact: job.exact, length, crc32: crc };
       const text = JSON.stringify(meta);
-      await writeSynced(join(temporary, META), text);
-      await syncDirectory(temporary);
+      await writeFile(join(temporary, META_FILE), text, { flag: 'wx' });
       if (job.cancelled) throw new Error('cancelled');
       await rename(temporary, final);
-      await syncDirectory(this.options.dir);
       bytes = length + Buffer.byteLength(text);
       state = { dir: final, exact: job.exact, length, crc32: crc };
     } catch (error) {
@@ -314,80 +294,3 @@ function startsWith(tokens: Uint32Array, prefix: Uint32Array): boolean {
   return true;
 }
 
-/**
- * An entry of this tier's identity key: undefined when its identity differs after all (left alone), an Error when it
- * is damaged.
- */
-async function readEntry(path: string, identity: StateIdentity) {
-  const text = await readFile(join(path, META), 'utf8');
-  const meta = JSON.parse(text) as Partial<StateMeta>;
-  if (!sameIdentity(identity, meta.identity)) return undefined;
-  const { exact, length, crc32: crc } = meta;
-  if (meta.format !== 1 || typeof meta.tokens !== 'string' || !isCount(exact) || !isCount(length) || !isCount(crc)) {
-    throw new Error('its meta.json is not one this version writes');
-  }
-  const tokens = decodeTokens(meta.tokens);
-  if (tokens.length === 0) throw new Error('its meta.json lists no tokens');
-  const { size } = await stat(join(path, STATE));
-  if (size !== length) throw new Error(`the state file has ${size} bytes, not the ${length} written`);
-  const { mtimeMs } = await stat(join(path, META));
-  return { tokens, state: { dir: path, exact, length, crc32: crc }, bytes: length + Buffer.byteLength(text), lastUsed: mtimeMs };
-}
-
-function isCount(value: unknown): value is number {
-  return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
-}
-
-function encodeTokens(tokens: Uint32Array): string {
-  const bytes = Buffer.alloc(tokens.length * 4);
-  tokens.forEach((token, at) => bytes.writeUInt32LE(token, at * 4));
-  return bytes.toString('base64');
-}
-
-function decodeTokens(text: string): Uint32Array {
-  const bytes = Buffer.from(text, 'base64');
-  if (bytes.length % 4 !== 0) throw new Error('its token list is not whole uint32s');
-  const tokens = new Uint32Array(bytes.length / 4);
-  for (let at = 0; at < tokens.length; at++) tokens[at] = bytes.readUInt32LE(at * 4);
-  return tokens;
-}
-
-/** Copies `source` to a new file `target`, synced, in chunks (a state may be hundreds of MB); returns length and crc32. */
-async function copyWithCrc(source: string, target: string, cancelled: () => boolean): Promise<{ length: number; crc: number }> {
-  const handle = await open(target, 'wx');
-  try {
-    let length = 0;
-    let crc = 0;
-    for await (const chunk of createReadStream(source, { highWaterMark: 1 << 20 })) {
-      if (cancelled()) throw new Error('cancelled');
-      const data = chunk as Buffer;
-      crc = crc32(data, crc);
-      length += data.length;
-      for (let written = 0; written < data.length; ) written += (await handle.write(data, written)).bytesWritten;
-    }
-    await handle.sync();
-    return { length, crc };
-  } finally {
-    await handle.close();
-  }
-}
-
-async function writeSynced(path: string, text: string): Promise<void> {
-  const handle = await open(path, 'wx');
-  try {
-    await handle.writeFile(text);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-/** Makes a rename or a new file in the directory durable. */
-async function syncDirectory(path: string): Promise<void> {
-  const handle = await open(path, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
