@@ -20,6 +20,7 @@ import { PromptCache } from '../../src/engines/llama/prompt-cache/prompt-cache.j
 import { getRuntime } from '../../src/engines/llama/runtime.js';
 import { ensureTinyModel } from '../../src/gguf/tiny-model.js';
 import { collectingLog } from '../helpers/fake-engines.js';
+import { greedy, prefill } from '../helpers/sequences.js';
 
 let modelFile: string;
 let model: LlamaModel;
@@ -71,20 +72,6 @@ async function open(dir: string, options: { ramBytes?: number; diskBytes?: numbe
 
 function variant(letter: string): Token[] {
   return [...model.tokenize(`${letter}: `), ...model.tokenize(DOCUMENT)];
-}
-
-async function prefill(sequence: LlamaContextSequence, tokens: Token[]): Promise<void> {
-  await sequence.clearHistory();
-  await sequence.evaluateWithoutGeneratingNewTokens(tokens);
-}
-
-async function greedy(sequence: LlamaContextSequence, input: Token[], count = 4): Promise<Token[]> {
-  const out: Token[] = [];
-  for await (const token of sequence.evaluate(input, { temperature: 0 })) {
-    out.push(token);
-    if (out.length === count) break;
-  }
-  return out;
 }
 
 /**

@@ -14,6 +14,7 @@ import { PromptCache } from '../../src/engines/llama/prompt-cache/prompt-cache.j
 import { getRuntime } from '../../src/engines/llama/runtime.js';
 import { ensureTinyModel } from '../../src/gguf/tiny-model.js';
 import { collectingLog } from '../helpers/fake-engines.js';
+import { greedy, prefill } from '../helpers/sequences.js';
 
 let model: LlamaModel;
 let context: LlamaContext;
@@ -41,21 +42,6 @@ async function open(budgetBytes = 64 * 2 ** 20, minTokens = 32) {
 
 function tokensOf(text: string): Token[] {
   return model.tokenize(text);
-}
-
-async function prefill(sequence: LlamaContextSequence, tokens: Token[]): Promise<void> {
-  await sequence.clearHistory();
-  await sequence.evaluateWithoutGeneratingNewTokens(tokens);
-}
-
-/** The next `count` greedy tokens after evaluating `input` on top of what the sequence holds. */
-async function greedy(sequence: LlamaContextSequence, input: Token[], count = 4): Promise<Token[]> {
-  const out: Token[] = [];
-  for await (const token of sequence.evaluate(input, { temperature: 0 })) {
-    out.push(token);
-    if (out.length === count) break;
-  }
-  return out;
 }
 
 const DOCUMENT = 'The quick brown fox jumps over the lazy dog. '.repeat(20);

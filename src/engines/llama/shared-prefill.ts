@@ -21,8 +21,6 @@ interface Waiter {
 
 /** One prompt being prefilled: its run reports progress, and keeps its state in the cache for followers. */
 export class Prefill {
-  /** Prompt tokens in the sequence's KV so far. */
-  private position = 0;
   private waiters: Waiter[] = [];
   private ended = false;
 
@@ -37,7 +35,6 @@ export class Prefill {
    * the cache records with the state (llama-run.ts, exactPrefix).
    */
   async advance(position: number, exact: number): Promise<void> {
-    this.position = position;
     const ready = this.waiters.filter((waiter) => waiter.need <= position);
     if (ready.length === 0) return;
     this.waiters = this.waiters.filter((waiter) => waiter.need > position);
