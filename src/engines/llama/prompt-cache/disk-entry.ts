@@ -6,10 +6,10 @@
  * the states kept when it synced), and a sync buys nothing here: every load checks the state's length and crc32
  * against meta.json first, so an entry that a crash left half-written is dropped, never loaded.
  */
-import { createReadStream } from 'node:fs';
-import { open, readFile, stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
+import { fileChunks, newFileWriter } from './file-chunks.js';
 import { sameIdentity, type StateIdentity } from './state-identity.js';
 
 export const STATE_FILE = 'state';
@@ -73,26 +73,25 @@ function decodeTokens(text: string): Uint32Array {
 
 /** Copies `source` to a new file `target` in chunks (a state may be hundreds of MB); returns length and crc32. */
 export async function copyWithCrc(source: string, target: string, cancelled: () => boolean): Promise<{ length: number; crc: number }> {
-  const handle = await open(target, 'wx');
+  const writer = newFileWriter(target);
   try {
     let length = 0;
     let crc = 0;
-    for await (const chunk of createReadStream(source, { highWaterMark: 1 << 20 })) {
+    for await (const chunk of fileChunks(source)) {
       if (cancelled()) throw new Error('cancelled');
-      const data = chunk as Buffer;
-      crc = crc32(data, crc);
-      length += data.length;
-      for (let written = 0; written < data.length; ) written += (await handle.write(data, written)).bytesWritten;
+      crc = crc32(chunk, crc);
+      length += chunk.length;
+      writer.write(chunk);
     }
     return { length, crc };
   } finally {
-    await handle.close();
+    writer.close();
   }
 }
 
 /** The crc32 of a file, read in chunks. */
 export async function fileCrc(path: string): Promise<number> {
   let crc = 0;
-  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) crc = crc32(chunk as Buffer, crc);
+  for await (const chunk of fileChunks(path)) crc = crc32(chunk, crc);
   return crc;
 }

@@ -18,7 +18,8 @@
  * entry's length and crc32 are checked before every load.
  */
 import { randomUUID } from 'node:crypto';
-import { mkdir, readdir, rename, rm, stat, unlink, utimes, writeFile } from 'node:fs/promises';
+import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdir, readdir, rm, stat, unlink, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { LlamaContext } from 'node-llama-cpp';
 import type { Log } from '../../../core/log.js';
@@ -268,15 +269,16 @@ export class DiskTier {
     let bytes: number;
     let state: DiskState;
     try {
-      await mkdir(temporary);
+      // Synchronous, as the copy is (file-chunks.ts): metadata calls that take microseconds, not a decode step's wait.
+      mkdirSync(temporary);
       const { length, crc } = await copyWithCrc(job.source, join(temporary, STATE_FILE), () => job.cancelled);
       // A state file of another length than saved is damaged, and a copy would pass the checks before a load.
       if (length !== job.bytes) throw new Error(`the state file has ${length} bytes, not the ${job.bytes} saved`);
       const meta: StateMeta = { format: 1, identity, tokens: encodeTokens(job.tokens), exact: job.exact, length, crc32: crc };
       const text = JSON.stringify(meta);
-      await writeFile(join(temporary, META_FILE), text, { flag: 'wx' });
+      writeFileSync(join(temporary, META_FILE), text, { flag: 'wx' });
       if (job.cancelled) throw new Error('cancelled');
-      await rename(temporary, final);
+      renameSync(temporary, final);
       bytes = length + Buffer.byteLength(text);
       state = { dir: final, exact: job.exact, length, crc32: crc };
     } catch (error) {

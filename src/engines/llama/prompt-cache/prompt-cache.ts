@@ -9,8 +9,8 @@
  * sequence whose tokens are about to be erased for an unrelated prompt.
  */
 import { randomUUID } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { mkdir, readdir, rm, stat, statfs, unlink } from 'node:fs/promises';
+import { existsSync, statSync } from 'node:fs';
+import { mkdir, readdir, rm, statfs, unlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { LlamaContextSequence, Token } from 'node-llama-cpp';
@@ -244,9 +244,13 @@ export class PromptCache {
     await rm(this.dir, { recursive: true, force: true });
   }
 
-  /** llama.cpp aborts the process on a state file cut short inside its data, so the size is checked first. */
+  /**
+   * llama.cpp aborts the process on a state file cut short inside its data, so the size is checked first — at once:
+   * an asynchronous stat would queue on libuv's thread pool behind the model's decodes (bin/kiln.cjs sizes the pool
+   * one thread per model), adding a decode step to the request's time to first token. On tmpfs it takes microseconds.
+   */
   private async checkedRamFile(entry: CachedPrefix<StoredState>): Promise<string> {
-    const { size } = await stat(entry.value.path);
+    const { size } = statSync(entry.value.path);
     if (size !== entry.bytes) throw new Error(`the state file has ${size} bytes, not the ${entry.bytes} written`);
     return entry.value.path;
   }

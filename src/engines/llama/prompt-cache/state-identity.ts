@@ -5,11 +5,11 @@
  * context's KV settings.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { readFile, realpath, rename, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { LlamaContext } from 'node-llama-cpp';
+import { fileChunks } from './file-chunks.js';
 
 export interface StateIdentity {
   /** sha256 of the GGUF file: size and mtime cannot tell two same-shape files apart. */
@@ -76,7 +76,7 @@ export function sameIdentity(a: StateIdentity, b: unknown): boolean {
 
 /**
  * The file's sha256, remembered in `hashDir` by real path, size and mtime: hashing reads the whole file (about 0.4 s
- * for 700 MB), which a restart should not repeat. Processes sharing the directory may overwrite each other's record;
+ * for 700 MB from the page cache, file-chunks.ts), which a restart should not repeat. Processes sharing the directory may overwrite each other's record;
  * the loser hashes again next time.
  */
 async function modelHash(file: string, hashDir: string): Promise<string> {
@@ -86,7 +86,7 @@ async function modelHash(file: string, hashDir: string): Promise<string> {
   const record = known[path];
   if (record !== undefined && record.size === size && record.mtimeMs === mtimeMs) return record.sha256;
   const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) hash.update(chunk as Buffer);
+  for await (const chunk of fileChunks(path)) hash.update(chunk);
   const sha256 = hash.digest('hex');
   const latest = await readHashes(hashDir);
   latest[path] = { size, mtimeMs, sha256 };
