@@ -1,6 +1,6 @@
 /**
- * Diagnostic for the prompt cache (issue 13, until `npm run bench` has its multi-turn workload against llama-server):
- * later-turn latency with the cache off and on, Kiln only. The bench model (`npm run bench` generates it), 2 sequences,
+ * Diagnostic for the prompt cache: later-turn latency with the cache off and on, Kiln only (`npm run bench`'s
+ * multi-turn workload measures it against llama-server). The bench model (`npm run bench` generates it), 2 sequences,
  * 6 conversations of ~370 prompt tokens, 2 turns round-robin; a request is `max_tokens: 1`, so its latency is its
  * time to first token. `node --import tsx bench/prompt-cache-turns.ts`
  */
@@ -21,7 +21,7 @@ async function ask(url: string, messages: unknown[]): Promise<{ ms: number; cach
 
 const file = await ensureBenchModel({ ...QWEN25_05B_SHAPE, neverEnd: true, asciiOutput: true, cacheDir: process.env.KILN_CACHE_DIR ?? join(homedir(), '.cache/kiln') });
 for (const cache of [false, true]) {
-  const model = { id: 'm', file, parallel: 2, context_size: 2048, threads: 2, preload: true, ...(cache ? { prompt_cache: { ram_mb: 2048 } } : {}) };
+  const model = { id: 'm', file, parallel: 2, context_size: 2048, threads: 2, preload: true, prompt_cache: { ram_mb: cache ? 2048 : 0 } };
   const kiln = await startKiln(['--config', await writeConfig({ models: [model] })]);
   const conversations = Array.from({ length: CONVERSATIONS }, (_, i) => [{ role: 'user', content: `${text(220, i + 1)}\nSummarise.` }]);
   const later: number[] = [];

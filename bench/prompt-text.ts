@@ -2,10 +2,11 @@
 const WORDS = 'amber birch cedar delta ember fjord glacier harbor island juniper kestrel lantern meadow nectar orchard prairie quartz river summit tundra umber valley willow xenon yarrow zephyr'.split(' ');
 
 export function text(words: number, salt: number): string {
-  let state = salt * 2654435761;
+  // 32-bit integer arithmetic (Math.imul): in floating point the products lose their low bits and texts repeat.
+  let state = Math.imul(salt, 2654435761) >>> 0;
   const out: string[] = [];
   for (let i = 0; i < words; i++) {
-    state = (state * 1103515245 + 12345) >>> 0;
+    state = (Math.imul(state, 1103515245) + 12345) >>> 0;
     out.push(WORDS[state % WORDS.length]!);
   }
   return out.join(' ');
