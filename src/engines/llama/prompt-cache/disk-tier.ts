@@ -98,6 +98,11 @@ export class DiskTier {
     return this.options.dir;
   }
 
+  /** Resolves once the tier has opened (or failed to): its entries are indexed and it can be searched. */
+  async opened(): Promise<void> {
+    await this.ready;
+  }
+
   /** Resolves once the tier has opened and every write queued so far is done (or dropped). */
   async settled(): Promise<void> {
     await this.ready;

@@ -13,6 +13,7 @@ import { existsSync, statSync } from 'node:fs';
 import { mkdir, readdir, rm, statfs, unlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import type { LlamaContextSequence, Token } from 'node-llama-cpp';
 import type { Log } from '../../../core/log.js';
 import { processAlive } from '../../../core/process-alive.js';
@@ -38,6 +39,8 @@ const DEFAULT_RAM_BUDGET = 8 * 2 ** 30;
 const CLOSE_WRITE_LIMIT_MS = 10_000;
 
 const DIR_PREFIX = 'kiln-prompt-cache-';
+/** How long a model's load waits for its disk tier to open. */
+const DISK_OPEN_WAIT_MS = 5_000;
 const orphanSweeps = new Map<string, Promise<void>>();
 
 /**
@@ -122,6 +125,13 @@ export class PromptCache {
       options.log.info({ dir: base, budgetMb: Math.floor(budgetBytes / 2 ** 20) }, 'prompt cache: RAM tier sized by default');
     }
     const disk = options.disk === undefined ? undefined : new DiskTier(options.disk, options.log);
+    // A restart's first requests are the ones the disk tier is for: the load waits for its index a little. Hashing a
+    // model file met for the first time may take longer (a large GGUF); that goes on in the background.
+    if (disk !== undefined) {
+      const waiting = new AbortController();
+      await Promise.race([disk.opened(), delay(DISK_OPEN_WAIT_MS, undefined, { signal: waiting.signal }).catch(() => undefined)]);
+      waiting.abort();
+    }
     return new PromptCache(dir, budgetBytes, options, disk);
   }
 
