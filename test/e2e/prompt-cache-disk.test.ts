@@ -3,8 +3,9 @@
  * every kept conversation's state is still written to `disk_dir`; after a restart on the same directory, a
  * conversation's next turn starts from its state on disk, reports the reused tokens as cached and — with a seed —
  * answers as a server without the cache does. With the default RAM tier nothing is evicted, and a graceful stop writes
- * what the sequences hold: a conversation that never left its sequence goes on from disk after a restart. A state
- * file damaged on disk is dropped with a warning and the request is answered all the same.
+ * what the sequences hold: a conversation that never left its sequence goes on from disk after a restart. Another
+ * model's server on the same directory ignores those states. A state file damaged on disk is dropped with a warning
+ * and the request is answered all the same.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, readdir, rm, stat, truncate } from 'node:fs/promises';
@@ -137,6 +138,28 @@ test('with the default RAM tier, a conversation still in its sequence at a grace
     await Promise.all(servers.map((server) => server.stop()));
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test("a same-shape model with other weights on the same disk_dir ignores the first model's states and leaves them", async () => {
+  const before = await entries();
+  assert.ok(before.length > 0);
+  const otherFile = await ensureTinyModel({ seed: 2 });
+  const other = { id: MODEL, file: otherFile, parallel: 1, context_size: 2048, threads: 1, preload: true };
+  const [foreign, reference] = await Promise.all([
+    startKiln(['--config', await writeConfig({ models: [{ ...other, prompt_cache: { ram_mb: 1, disk_dir: diskDir } }] })]),
+    startKiln(['--config', await writeConfig({ models: [{ ...other, prompt_cache: { ram_mb: 0 } }] })]),
+  ]);
+  try {
+    await until('the disk tier to open', () => /disk tier ready/.test(foreign.output()));
+    // llama.cpp would load these states without complaint (same shape); only the identity check keeps them out.
+    const answer = await ask(foreign, conversations[2]!);
+    assert.ok((answer.usage.prompt_tokens_details?.cached_tokens ?? 0) < 32, `cached ${answer.usage.prompt_tokens_details?.cached_tokens}`);
+    assert.equal(answer.content, (await ask(reference, conversations[2]!)).content, "answers as that model's own server without a cache");
+  } finally {
+    await Promise.all([foreign.stop(), reference.stop()]);
+  }
+  const after = await entries();
+  for (const entry of before) assert.ok(after.includes(entry), `the first model's entry ${entry} is left alone`);
 });
 
 test('a state file cut short on disk is dropped with a warning, and the request is answered', async () => {
