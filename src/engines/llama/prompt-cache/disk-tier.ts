@@ -18,8 +18,8 @@
  * entry's length and crc32 are checked before every load.
  */
 import { randomUUID } from 'node:crypto';
-import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
-import { mkdir, readdir, rm, stat, unlink, utimes } from 'node:fs/promises';
+import { mkdirSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { mkdir, readdir, rm, unlink, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { LlamaContext } from 'node-llama-cpp';
 import type { Log } from '../../../core/log.js';
@@ -130,7 +130,7 @@ export class DiskTier {
    */
   async verified(entry: CachedPrefix<DiskState>): Promise<string> {
     const path = join(entry.value.dir, STATE_FILE);
-    const { size } = await stat(path);
+    const { size } = statSync(path); // on the request's path: not queued behind a decode (file-chunks.ts)
     if (size !== entry.value.length) throw new Error(`the state file has ${size} bytes, not the ${entry.value.length} written`);
     const crc = await fileCrc(path);
     if (crc !== entry.value.crc32) throw new Error('the state file does not match its checksum: its bytes changed');
