@@ -19,6 +19,10 @@ export async function* mergeIterators<T>(sources: AsyncIterator<T>[]): AsyncGene
       yield { index, value: result.value };
     }
   } finally {
+    // A pull still in flight when the consumer stops (or another source threw) may yet reject — a request aborted
+    // mid-stream rejects its reads with the abort reason — and nobody awaits it any more: unhandled, that rejection
+    // would end the process.
+    for (const promise of pending.values()) promise.catch(() => undefined);
     await Promise.allSettled(sources.map((source) => source.return?.()));
   }
 }

@@ -236,3 +236,24 @@ describe('mergeIterators', () => {
     assert.deepEqual(log.filter((entry) => entry.endsWith(':finally')).sort(), ['a:finally', 'b:finally']);
   });
 });
+
+test('a read still in flight when the consumer stops, rejecting afterwards, is not an unhandled rejection', async () => {
+  const unhandled: unknown[] = [];
+  const onUnhandled = (reason: unknown) => unhandled.push(reason);
+  process.on('unhandledRejection', onUnhandled);
+  try {
+    // Like an upstream stream whose next read is pending when the client leaves: it rejects with the abort reason.
+    let fail!: (error: Error) => void;
+    let reads = 0;
+    const source: AsyncIterator<number> = {
+      next: () => (reads++ === 0 ? Promise.resolve({ value: 1, done: false }) : new Promise((_, reject) => (fail = reject))),
+      return: async () => ({ value: undefined, done: true }),
+    };
+    for await (const _ of mergeIterators<number>([source])) break;
+    fail(new Error('client gone'));
+    await sleep(20);
+    assert.deepEqual(unhandled, []);
+  } finally {
+    process.off('unhandledRejection', onUnhandled);
+  }
+});
