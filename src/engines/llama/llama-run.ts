@@ -21,7 +21,7 @@ import type { StepBarrier, StepMember } from './step-barrier.js';
 
 /**
  * Prompt tokens evaluated per piece of a long prompt (see produce). Pieces end at multiples of it, counted from the
- * sequence's start, so that a prefix is computed in the same batches whatever was cached before it (exactPrefix).
+ * sequence's start, so that a prefix is computed in the same batches whatever was cached before it (usable).
  */
 const PREFILL_CHUNK = 256;
 /** Frequency/presence penalties look back this many generated tokens. */
@@ -98,7 +98,8 @@ export class LlamaRun implements EngineRun {
       this.pool.release(sequence);
       throw error;
     }
-    const prefill: Prefill | undefined = this.prefills?.begin(this.prompt, sequence);
+    // Ended at the first token (or on failure); undefined afterwards, so the token loop does not ask again.
+    let prefill: Prefill | undefined = this.prefills?.begin(this.prompt, sequence);
     // Joined before the erase below, which may wait for the running decode: the others' next step waits for this
     // prompt instead of leaving without it (step-barrier.ts).
     let member: StepMember = this.barrier.join();
@@ -178,7 +179,10 @@ export class LlamaRun implements EngineRun {
           pending = undefined;
           if (result.done === true) break;
           // The whole prompt is in the KV now: followers still waiting for part of it start from it.
-          if (prefill !== undefined) await prefill.end(this.prompt.length, exact);
+          if (prefill !== undefined) {
+            await prefill.end(this.prompt.length, exact);
+            prefill = undefined;
+          }
           generated.push(result.value);
           const text = detokenizer.push(result.value);
           if (generated.length >= this.maxTokens) {
@@ -244,7 +248,7 @@ export class LlamaRun implements EngineRun {
   }
 
   /**
-   * Prompt tokens the sequence holds before its prefill, and how many of them are exact (exactPrefix): its own KV
+   * Prompt tokens the sequence holds before its prefill, and how many of them are exact (usable): its own KV
    * cache's share of the prompt, or — when the prompt cache has a state sharing enough more — that state, restored.
    * A sequence whose tokens are about to be erased for a prompt that does not extend them is kept in the cache first
    * (another conversation's next turn may want them).

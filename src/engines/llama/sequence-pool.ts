@@ -15,7 +15,7 @@ export interface Lease {
   slot: number;
   /** Prompt tokens already in this sequence's KV cache. */
   sharedPrefix: number;
-  /** Leading tokens of the sequence's KV computed in whole aligned prefill chunks (llama-run.ts, exactPrefix). */
+  /** Leading tokens of the sequence's KV computed in whole aligned prefill chunks (llama-run.ts, usable). */
   exact: number;
 }
 

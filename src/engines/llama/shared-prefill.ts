@@ -32,7 +32,7 @@ export class Prefill {
 
   /**
    * After each piece of the prompt: keeps the sequence's state once the followers' part is computed. `exact` is what
-   * the cache records with the state (llama-run.ts, exactPrefix).
+   * the cache records with the state (llama-run.ts, usable).
    */
   async advance(position: number, exact: number): Promise<void> {
     const ready = this.waiters.filter((waiter) => waiter.need <= position);

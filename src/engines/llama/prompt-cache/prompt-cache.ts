@@ -209,7 +209,6 @@ export class PromptCache {
       return hit;
     }
     if (ram === undefined) return undefined;
-    this.disk?.touch(ram.entry.tokens);
     const lease = this.index.pin(ram.entry);
     const hit: HeldHit = { tier: 'ram', tokens: ram.length, exact: ram.entry.value.exact, entry: ram.entry, release: () => lease.release() };
     return hit;
@@ -225,7 +224,13 @@ export class PromptCache {
     try {
       // A disk entry is loaded from the disk tier's file rather than copied back into RAM: the read that checks it
       // leaves it in the page cache, and once the conversation goes on, `keep` puts its longer state in RAM anyway.
-      const path = held.tier === 'disk' ? await this.disk!.verified(held.entry) : await this.checkedRamFile(held.entry);
+      let path: string;
+      if (held.tier === 'disk') path = await this.disk!.verified(held.entry);
+      else {
+        path = this.checkedRamFile(held.entry);
+        // Served from RAM: its copy on disk ages with it, not with its write (a lookup alone is no use).
+        this.disk?.touch(held.entry.tokens);
+      }
       await sequence.loadStateFromFile(path, { acceptRisk: true });
       const loaded = sequence.nextTokenIndex;
       if (loaded < hit.tokens) throw new Error(`the state holds ${loaded} tokens, fewer than the ${hit.tokens} matched`);
@@ -259,7 +264,7 @@ export class PromptCache {
    * an asynchronous stat would queue on libuv's thread pool behind the model's decodes (bin/kiln.cjs sizes the pool
    * one thread per model), adding a decode step to the request's time to first token. On tmpfs it takes microseconds.
    */
-  private async checkedRamFile(entry: CachedPrefix<StoredState>): Promise<string> {
+  private checkedRamFile(entry: CachedPrefix<StoredState>): string {
     const { size } = statSync(entry.value.path);
     if (size !== entry.bytes) throw new Error(`the state file has ${size} bytes, not the ${entry.bytes} written`);
     return entry.value.path;
